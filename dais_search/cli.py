@@ -1,0 +1,355 @@
+"""``dais-search``: the command line. Each subcommand is a thin layer over library functions.
+
+    dais-search flops --model resnet56
+    dais-search eval  --model resnet20 --checkpoint resnet20.th --data npz:cifar10.npz
+    dais-search train --model resnet20 --data shapes --epochs 3 --out runs/demo/model.pt
+
+Problems a user can fix (:class:`~dais_search.errors.UserError`) print ``error: ...`` and exit 2,
+before any long computation starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import torch
+
+from . import __version__
+from .checkpoint import load_checkpoint, load_state_dict_strict, model_from_checkpoint, save_checkpoint
+from .data import DEFAULT_NORMALIZE, NORMALIZATION, check_data_spec, load_dataset, make_loader, train_val_split
+from .errors import UserError
+from .flops import count_flops, count_params, flops_breakdown
+from .loops import cosine_schedule, evaluate, make_sgd, train_one_epoch
+from .models import create_model, describe, input_size, list_models
+from .report import format_table, human
+
+__all__ = ["main"]
+
+log = logging.getLogger("dais_search")
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared options
+
+
+def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        required=required,
+        default=None if required else "shapes",
+        help="data set: cifar10, cifar100 (torchvision, under --data-dir), npz:PATH (arrays x_train, y_train, "
+        "x_test, y_test; uint8 NHWC images), imagefolder:PATH (train/ and val/ class folders) or shapes[:N] "
+        "(procedural, offline, N training images)" + ("" if required else " (default: shapes)"),
+    )
+    g.add_argument("--data-dir", default="data", help="root folder of torchvision data sets (default: data)")
+    g.add_argument("--download", action="store_true", help="let torchvision download CIFAR if it is missing")
+    g.add_argument(
+        "--normalize",
+        choices=sorted(NORMALIZATION),
+        default=None,
+        help=f"input normalisation statistics (default: the checkpoint's, else {DEFAULT_NORMALIZE}; "
+        "the shared CIFAR-10 teachers expect imagenet)",
+    )
+    g.add_argument("--batch-size", type=int, default=128, help="examples per batch (default: 128)")
+    g.add_argument("--workers", type=int, default=2, help="loader processes for image folders (default: 2)")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available; default)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in logs)")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for CUDA but no GPU is visible; use --device cpu")
+    return device
+
+
+def _parse_size(text: str) -> tuple[int, int, int]:
+    try:
+        c, h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"input size must look like 3x32x32 (C x H x W), got {text!r}") from None
+    return c, h, w
+
+
+def _check_model_name(name: str) -> None:
+    input_size(name)  # raises a UserError listing the known names
+
+
+# ----------------------------------------------------------------------------------------------
+# flops
+
+
+def flops_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        "dais-search flops",
+        add_help=add_help,
+        description="Count the FLOPs (2 x MACs of conv/linear, torch's FlopCounterMode) and parameters of a model.",
+    )
+    p.add_argument("--model", help="registry name (see --list) or tv:NAME for any torchvision classifier")
+    p.add_argument("--checkpoint", help="count the model a checkpoint holds (its architecture is read from it)")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: 10, 1000 for tv:)")
+    p.add_argument(
+        "--input-size", type=_parse_size, default=None, help="C x H x W, e.g. 3x32x32 (default: the model's own)"
+    )
+    p.add_argument("--batch", type=int, default=1, help="batch size of the counted forward pass (default: 1)")
+    p.add_argument("--per-layer", action="store_true", help="also print a per-layer breakdown")
+    p.add_argument("--list", action="store_true", help="list the registered models and exit")
+    return p
+
+
+def cmd_flops(args: argparse.Namespace) -> int:
+    if args.list:
+        print(format_table([[n, describe(n)] for n in list_models()], ["model", "description"]))
+        print("\nand every torchvision classification model as tv:NAME, e.g. tv:resnet50")
+        return 0
+    if not args.model and not args.checkpoint:
+        raise UserError("flops needs --model NAME or --checkpoint PATH (see --list for the model names)")
+    if args.checkpoint:
+        model, name = model_from_checkpoint(load_checkpoint(args.checkpoint), args.model, args.num_classes)
+    else:
+        name = args.model
+        _check_model_name(name)
+        default_classes = 1000 if name.startswith("tv:") else 10
+        model = create_model(name, num_classes=args.num_classes or default_classes)
+    shape = (args.batch, *(args.input_size or input_size(name)))
+    flops, params = count_flops(model, shape), count_params(model)
+    if args.per_layer:
+        rows = [[r.name, r.type, f"{r.flops:,}", f"{r.params:,}"] for r in flops_breakdown(model, shape)]
+        print(format_table(rows, ["layer", "type", "FLOPs", "params"]) + "\n")
+    print(f"model:  {name}  input {'x'.join(map(str, shape))}")
+    print(f"FLOPs:  {flops:,} ({human(flops)})")
+    print(f"params: {params:,} ({human(params)})")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# eval
+
+
+def eval_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        "dais-search eval",
+        add_help=add_help,
+        description="Evaluate a checkpoint: top-1/top-5 accuracy and loss on a data set's test split.",
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (ours, or a foreign state dict)")
+    p.add_argument("--model", help="architecture (default: the one recorded in the checkpoint)")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: from the checkpoint)")
+    p.add_argument("--split", choices=["test", "train"], default="test", help="split to evaluate (default: test)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of the split")
+    _add_data_args(p)
+    _add_run_args(p)
+    return p
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    # Everything that can be wrong is checked before the data set is decoded.
+    check_data_spec(args.data)
+    if args.model:
+        _check_model_name(args.model)
+    device = _device(args.device)
+    ckpt = load_checkpoint(args.checkpoint)
+    model, name = model_from_checkpoint(ckpt, args.model, args.num_classes)
+    normalize = args.normalize or ckpt.get("normalize") or DEFAULT_NORMALIZE
+    splits = load_dataset(args.data, args.data_dir, args.download)
+    data = splits.test if args.split == "test" else splits.train
+    if args.limit is not None:
+        if args.limit < 1:
+            raise UserError(f"--limit must be at least 1, got {args.limit}")
+        data = data.subset(range(min(args.limit, len(data)))) if hasattr(data, "subset") else torch.utils.data.Subset(
+            data, range(min(args.limit, len(data)))
+        )
+    outputs = _num_outputs(model, splits.input_size)
+    if outputs < splits.num_classes:
+        raise UserError(
+            f"the model has {outputs} outputs but {splits.name} has {splits.num_classes} classes; "
+            f"use a checkpoint trained on this data set"
+        )
+    model.to(device)
+    loader = make_loader(data, args.batch_size, train=False, normalize=normalize, workers=args.workers)
+    metrics = evaluate(model, loader, progress=not args.no_progress)
+    shape = (1, *splits.input_size)
+    rows = [[
+        name, f"{metrics['top1']:.2f}", f"{metrics['top5']:.2f}", f"{metrics['loss']:.4f}", f"{metrics['images']:,}",
+        f"{count_flops(model, shape):,}", f"{count_params(model):,}",
+    ]]
+    print(format_table(rows, ["model", "top-1 %", "top-5 %", "loss", "images", "FLOPs", "params"]))
+    return 0
+
+
+@torch.no_grad()
+def _num_outputs(model: torch.nn.Module, size: tuple[int, int, int]) -> int:
+    was_training = model.training
+    model.eval()
+    out = model(torch.zeros(1, *size, device=next(model.parameters()).device))
+    model.train(was_training)
+    return int(out.shape[-1])
+
+
+# ----------------------------------------------------------------------------------------------
+# train
+
+
+def train_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        "dais-search train",
+        add_help=add_help,
+        description="Train a model with SGD (Nesterov) and a per-step cosine schedule; write an atomic checkpoint "
+        "after every epoch and print accuracy, FLOPs and params at the end.",
+    )
+    p.add_argument("--model", required=True, help="registry name (dais-search flops --list) or tv:NAME")
+    p.add_argument("--out", required=True, help="checkpoint path to write (e.g. runs/demo/model.pt)")
+    p.add_argument("--epochs", type=int, default=10, help="passes over the training data (default: 10)")
+    p.add_argument("--lr", type=float, default=0.1, help="initial learning rate, decayed to 0 by cosine (default: 0.1)")
+    p.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum (default: 0.9)")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay of conv/linear weights (5e-4)")
+    p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear learning-rate warm-up (default: 0)")
+    p.add_argument(
+        "--held-out",
+        type=int,
+        default=0,
+        help="hold out this many training images (seeded split) and report accuracy on them after every epoch "
+        "(default: 0; the search uses 5000)",
+    )
+    p.add_argument("--init", help="start from the weights of this checkpoint (fine-tuning)")
+    p.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is at --out")
+    p.add_argument("--max-steps", type=int, default=None, help="stop each epoch after this many batches")
+    p.add_argument("--seed", type=int, default=0, help="seeds initialisation, split, shuffling, augmentation")
+    _add_data_args(p, required=False)
+    _add_run_args(p)
+    return p
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    check_data_spec(args.data)
+    _check_model_name(args.model)
+    for flag in ("epochs", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.lr <= 0:
+        raise UserError(f"--lr must be positive, got {args.lr}")
+    if os.path.isdir(args.out):
+        raise UserError(f"--out {args.out!r} is a directory; give a file path such as {args.out}/model.pt")
+    if args.resume and not os.path.isfile(args.out):
+        raise UserError(f"--resume needs an existing checkpoint at --out, but {args.out!r} does not exist")
+    device = _device(args.device)
+    init = load_checkpoint(args.init) if args.init else None
+    resume = load_checkpoint(args.out) if args.resume else None
+    if resume is not None and "optimizer" not in resume:
+        raise UserError(f"{args.out!r} holds no optimizer state (it is not a dais-search train checkpoint); drop --resume")
+
+    torch.manual_seed(args.seed)
+    splits = load_dataset(args.data, args.data_dir, args.download)
+    normalize = args.normalize or (init or {}).get("normalize") or DEFAULT_NORMALIZE
+    model = create_model(args.model, num_classes=splits.num_classes)
+    if init is not None:
+        load_state_dict_strict(model, init["state_dict"], f"checkpoint {args.init!r}")
+    train_data, held = splits.train, None
+    if args.held_out:
+        train_data, held = train_val_split(splits.train, args.held_out, args.seed)
+    model.to(device)
+    loader = make_loader(train_data, args.batch_size, train=True, normalize=normalize, seed=args.seed,
+                         workers=args.workers)
+    steps = len(loader) if args.max_steps is None else min(len(loader), args.max_steps)
+    optimizer = make_sgd(model, args.lr, args.momentum, args.weight_decay)
+    scheduler = cosine_schedule(optimizer, args.epochs * steps, int(args.warmup_epochs * steps))
+    start_epoch, history = 0, []
+    if resume is not None:
+        load_state_dict_strict(model, resume["state_dict"], f"checkpoint {args.out!r}")
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        start_epoch, history = resume["epoch"], resume.get("history", [])
+        loader.epoch = start_epoch if hasattr(loader, "epoch") else 0
+    log.info("training %s on %s: %d images, %d epochs x %d steps", args.model, splits.name, len(train_data),
+             args.epochs, steps)
+
+    for epoch in range(start_epoch, args.epochs):
+        stats = train_one_epoch(model, loader, optimizer, scheduler, max_steps=args.max_steps,
+                                progress=not args.no_progress, desc=f"epoch {epoch + 1}/{args.epochs}")
+        row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in stats.items()}}
+        if held is not None:
+            held_loader = make_loader(held, 256, normalize=normalize, workers=args.workers)
+            row["held_out_top1"] = evaluate(model, held_loader, progress=False)["top1"]
+        history.append(row)
+        print(f"epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4f}, train top-1 {stats['top1']:.2f}%"
+              + (f", held-out top-1 {row['held_out_top1']:.2f}%" if held is not None else "")
+              + f", {stats['images_per_s']:.0f} img/s", flush=True)
+        save_checkpoint(args.out, model, args.model, splits.num_classes, normalize=normalize, epoch=epoch + 1,
+                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), history=history,
+                        args=vars(args), versions=_versions())
+
+    # The test split is read once, for the final figure only (BENCH.md).
+    test = evaluate(model, make_loader(splits.test, 256, normalize=normalize, workers=args.workers),
+                    progress=not args.no_progress)
+    shape = (1, *splits.input_size)
+    train_seconds = sum(h["train_seconds"] for h in history)
+    rows = [[
+        args.model, splits.name, f"{len(history)}", f"{test['top1']:.2f}", f"{test['top5']:.2f}",
+        f"{count_flops(model, shape):,}", f"{count_params(model):,}", f"{train_seconds:.1f}",
+    ]]
+    print(format_table(rows, ["model", "data", "epochs", "test top-1 %", "top-5 %", "FLOPs", "params",
+                              "train s"]))
+    print(f"checkpoint: {args.out}")
+    return 0
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import torchvision
+
+    return {"dais_search": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": numpy.__version__, "python": sys.version.split()[0]}
+
+
+# ----------------------------------------------------------------------------------------------
+# entry point
+
+COMMANDS = {
+    "flops": (flops_parser, cmd_flops),
+    "eval": (eval_parser, cmd_eval),
+    "train": (train_parser, cmd_train),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        "dais-search", description="Budgeted, differentiable channel pruning for PyTorch CNNs."
+    )
+    parser.add_argument("--version", action="version", version=f"dais-search {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (make, _) in COMMANDS.items():
+        child = make(add_help=False)
+        sub.add_parser(name, parents=[child], help=child.description, description=child.description)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``dais-search``; returns the exit status (0 ok, 2 for a user error)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    started = time.perf_counter()
+    try:
+        status = COMMANDS[args.command][1](args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    log.debug("%s took %.1f s", args.command, time.perf_counter() - started)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

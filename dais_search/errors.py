@@ -1,0 +1,11 @@
+"""The one exception type for problems a user can fix.
+
+The CLI prints a :class:`UserError` as ``error: <message>`` and exits with status 2, without a
+traceback; anything else is a bug and keeps its traceback.
+"""
+
+__all__ = ["UserError"]
+
+
+class UserError(ValueError):
+    """Bad input (file, name, option) with a message that names the problem and the fix."""

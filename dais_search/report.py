@@ -1,0 +1,38 @@
+"""Plain-text tables for the command line."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["format_table", "human"]
+
+
+def human(n: float) -> str:
+    """``250971392 -> '250.97M'``: a short form for tables (exact counts stay in JSON)."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:g}"
+
+
+def format_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
+    """A Markdown-compatible table: right-aligned numbers, left-aligned text.
+
+    Example:
+        >>> print(format_table([["resnet56", "93.39"]], ["model", "top-1 %"]))
+        | model    | top-1 % |
+        |:---------|--------:|
+        | resnet56 |   93.39 |
+    """
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    numeric = [
+        bool(cells) and all(r[i].replace(",", "").replace(".", "").replace("%", "").lstrip("-").isdigit() for r in cells)
+        for i in range(len(headers))
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        return "| " + " | ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if num else (":" + "-" * (w + 1)) for w, num in zip(widths, numeric)) + "|"
+    return "\n".join([line(list(headers)), rule, *(line(r) for r in cells)])
