@@ -35,5 +35,6 @@ __all__ = [
     "register_model",
     "save_checkpoint",
     "split_indices",
+    "train_one_epoch",
     "train_val_split",
 ]

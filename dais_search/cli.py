@@ -170,8 +170,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.limit is not None:
         if args.limit < 1:
             raise UserError(f"--limit must be at least 1, got {args.limit}")
-        data = data.subset(range(min(args.limit, len(data)))) if hasattr(data, "subset") else torch.utils.data.Subset(
-            data, range(min(args.limit, len(data)))
+        data = (
+            data.subset(range(min(args.limit, len(data))))
+            if hasattr(data, "subset")
+            else torch.utils.data.Subset(data, range(min(args.limit, len(data))))
         )
     outputs = _num_outputs(model, splits.input_size)
     if outputs < splits.num_classes:
@@ -183,10 +185,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     loader = make_loader(data, args.batch_size, train=False, normalize=normalize, workers=args.workers)
     metrics = evaluate(model, loader, progress=not args.no_progress)
     shape = (1, *splits.input_size)
-    rows = [[
-        name, f"{metrics['top1']:.2f}", f"{metrics['top5']:.2f}", f"{metrics['loss']:.4f}", f"{metrics['images']:,}",
-        f"{count_flops(model, shape):,}", f"{count_params(model):,}",
-    ]]
+    rows = [
+        [
+            name,
+            f"{metrics['top1']:.2f}",
+            f"{metrics['top5']:.2f}",
+            f"{metrics['loss']:.4f}",
+            f"{metrics['images']:,}",
+            f"{count_flops(model, shape):,}",
+            f"{count_params(model):,}",
+        ]
+    ]
     print(format_table(rows, ["model", "top-1 %", "top-5 %", "loss", "images", "FLOPs", "params"]))
     return 0
 
@@ -250,7 +259,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     init = load_checkpoint(args.init) if args.init else None
     resume = load_checkpoint(args.out) if args.resume else None
     if resume is not None and "optimizer" not in resume:
-        raise UserError(f"{args.out!r} holds no optimizer state (it is not a dais-search train checkpoint); drop --resume")
+        raise UserError(
+            f"{args.out!r} holds no optimizer state (it is not a dais-search train checkpoint); drop --resume"
+        )
 
     torch.manual_seed(args.seed)
     splits = load_dataset(args.data, args.data_dir, args.download)
@@ -262,8 +273,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.held_out:
         train_data, held = train_val_split(splits.train, args.held_out, args.seed)
     model.to(device)
-    loader = make_loader(train_data, args.batch_size, train=True, normalize=normalize, seed=args.seed,
-                         workers=args.workers)
+    loader = make_loader(
+        train_data, args.batch_size, train=True, normalize=normalize, seed=args.seed, workers=args.workers
+    )
     steps = len(loader) if args.max_steps is None else min(len(loader), args.max_steps)
     optimizer = make_sgd(model, args.lr, args.momentum, args.weight_decay)
     scheduler = cosine_schedule(optimizer, args.epochs * steps, int(args.warmup_epochs * steps))
@@ -274,35 +286,69 @@ def cmd_train(args: argparse.Namespace) -> int:
         scheduler.load_state_dict(resume["scheduler"])
         start_epoch, history = resume["epoch"], resume.get("history", [])
         loader.epoch = start_epoch if hasattr(loader, "epoch") else 0
-    log.info("training %s on %s: %d images, %d epochs x %d steps", args.model, splits.name, len(train_data),
-             args.epochs, steps)
+    log.info(
+        "training %s on %s: %d images, %d epochs x %d steps",
+        args.model,
+        splits.name,
+        len(train_data),
+        args.epochs,
+        steps,
+    )
 
     for epoch in range(start_epoch, args.epochs):
-        stats = train_one_epoch(model, loader, optimizer, scheduler, max_steps=args.max_steps,
-                                progress=not args.no_progress, desc=f"epoch {epoch + 1}/{args.epochs}")
+        stats = train_one_epoch(
+            model,
+            loader,
+            optimizer,
+            scheduler,
+            max_steps=args.max_steps,
+            progress=not args.no_progress,
+            desc=f"epoch {epoch + 1}/{args.epochs}",
+        )
         row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in stats.items()}}
         if held is not None:
             held_loader = make_loader(held, 256, normalize=normalize, workers=args.workers)
             row["held_out_top1"] = evaluate(model, held_loader, progress=False)["top1"]
         history.append(row)
-        print(f"epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4f}, train top-1 {stats['top1']:.2f}%"
-              + (f", held-out top-1 {row['held_out_top1']:.2f}%" if held is not None else "")
-              + f", {stats['images_per_s']:.0f} img/s", flush=True)
-        save_checkpoint(args.out, model, args.model, splits.num_classes, normalize=normalize, epoch=epoch + 1,
-                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), history=history,
-                        args=vars(args), versions=_versions())
+        print(
+            f"epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4f}, train top-1 {stats['top1']:.2f}%"
+            + (f", held-out top-1 {row['held_out_top1']:.2f}%" if held is not None else "")
+            + f", {stats['images_per_s']:.0f} img/s",
+            flush=True,
+        )
+        save_checkpoint(
+            args.out,
+            model,
+            args.model,
+            splits.num_classes,
+            normalize=normalize,
+            epoch=epoch + 1,
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            history=history,
+            args=vars(args),
+            versions=_versions(),
+        )
 
     # The test split is read once, for the final figure only (BENCH.md).
-    test = evaluate(model, make_loader(splits.test, 256, normalize=normalize, workers=args.workers),
-                    progress=not args.no_progress)
+    test = evaluate(
+        model, make_loader(splits.test, 256, normalize=normalize, workers=args.workers), progress=not args.no_progress
+    )
     shape = (1, *splits.input_size)
     train_seconds = sum(h["train_seconds"] for h in history)
-    rows = [[
-        args.model, splits.name, f"{len(history)}", f"{test['top1']:.2f}", f"{test['top5']:.2f}",
-        f"{count_flops(model, shape):,}", f"{count_params(model):,}", f"{train_seconds:.1f}",
-    ]]
-    print(format_table(rows, ["model", "data", "epochs", "test top-1 %", "top-5 %", "FLOPs", "params",
-                              "train s"]))
+    rows = [
+        [
+            args.model,
+            splits.name,
+            f"{len(history)}",
+            f"{test['top1']:.2f}",
+            f"{test['top5']:.2f}",
+            f"{count_flops(model, shape):,}",
+            f"{count_params(model):,}",
+            f"{train_seconds:.1f}",
+        ]
+    ]
+    print(format_table(rows, ["model", "data", "epochs", "test top-1 %", "top-5 %", "FLOPs", "params", "train s"]))
     print(f"checkpoint: {args.out}")
     return 0
 
@@ -311,8 +357,13 @@ def _versions() -> dict[str, str]:
     import numpy
     import torchvision
 
-    return {"dais_search": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": numpy.__version__, "python": sys.version.split()[0]}
+    return {
+        "dais_search": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "python": sys.version.split()[0],
+    }
 
 
 # ----------------------------------------------------------------------------------------------

@@ -386,7 +386,9 @@ def make_loader(
 
     mean, std = NORMALIZATION[normalize] if normalize in NORMALIZATION else _normalizer(normalize)
     if train:
-        tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+        tf = T.Compose(
+            [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)]
+        )
     else:
         resize = int(round(image_size / 0.875))
         tf = T.Compose([T.Resize(resize), T.CenterCrop(image_size), T.ToTensor(), T.Normalize(mean, std)])

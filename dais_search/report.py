@@ -27,12 +27,23 @@ def format_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> st
     cells = [[str(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     numeric = [
-        bool(cells) and all(r[i].replace(",", "").replace(".", "").replace("%", "").lstrip("-").isdigit() for r in cells)
+        bool(cells)
+        and all(r[i].replace(",", "").replace(".", "").replace("%", "").lstrip("-").isdigit() for r in cells)
         for i in range(len(headers))
     ]
 
     def line(values: Sequence[str]) -> str:
-        return "| " + " | ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)) + " |"
+        return (
+            "| "
+            + " | ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True))
+            + " |"
+        )
 
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if num else (":" + "-" * (w + 1)) for w, num in zip(widths, numeric)) + "|"
+    rule = (
+        "|"
+        + "|".join(
+            ("-" * (w + 1) + ":") if num else (":" + "-" * (w + 1)) for w, num in zip(widths, numeric, strict=True)
+        )
+        + "|"
+    )
     return "\n".join([line(list(headers)), rule, *(line(r) for r in cells)])

@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 import torch
-
 from conftest import write_npz
+
 from dais_search.checkpoint import load_checkpoint, save_checkpoint
 from dais_search.cli import COMMANDS, main
 from dais_search.models import create_model
@@ -50,8 +50,10 @@ def test_every_option_is_explained():
         (["flops"], "needs --model"),
         (["eval", "--checkpoint", "{tmp}/none.pt", "--model", "resnet8", "--data", "shapes"], "does not exist"),
         (["eval", "--checkpoint", "{tmp}/corrupt.pt", "--model", "resnet8", "--data", "shapes"], "truncated"),
-        (["eval", "--checkpoint", "{tmp}/r8.pt", "--model", "resnet20", "--data", "shapes"],
-         "keys missing from the checkpoint, first: layer1.1.conv1.weight"),
+        (
+            ["eval", "--checkpoint", "{tmp}/r8.pt", "--model", "resnet20", "--data", "shapes"],
+            "keys missing from the checkpoint, first: layer1.1.conv1.weight",
+        ),
         (["eval", "--checkpoint", "{tmp}/r8.pt", "--model", "nonet", "--data", "shapes"], "unknown model"),
         (["eval", "--checkpoint", "{tmp}/r8.pt", "--data", "mnist"], "unknown data set 'mnist'"),
         (["eval", "--checkpoint", "{tmp}/r8.pt", "--data", "npz:{tmp}/missing.npz"], "does not exist"),
@@ -60,8 +62,10 @@ def test_every_option_is_explained():
         (["train", "--model", "resnet8", "--data", "shapes:50", "--out", "{tmp}"], "is a directory"),
         (["train", "--model", "resnet8", "--data", "shapes:50", "--out", "{tmp}/x.pt", "--resume"], "--resume"),
         (["train", "--model", "resnet8", "--data", "shapes:50", "--out", "{tmp}/x.pt", "--epochs", "0"], "--epochs"),
-        (["train", "--model", "resnet8", "--data", "shapes:50", "--out", "{tmp}/x.pt", "--init", "{tmp}/c100.pt"],
-         "linear.weight"),
+        (
+            ["train", "--model", "resnet8", "--data", "shapes:50", "--out", "{tmp}/x.pt", "--init", "{tmp}/c100.pt"],
+            "linear.weight",
+        ),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else None,
 )
@@ -85,8 +89,7 @@ def test_train_eval_resume(capsys, tmp_path):
     assert status == 0 and "epoch 1/2" in out and "held-out top-1" in out and "| resnet8 " in out
     saved = load_checkpoint(ckpt)
     assert saved["epoch"] == 2 and saved["model"]["name"] == "resnet8" and len(saved["history"]) == 2
-    status, out, _ = run(capsys, "train", *common, "--epochs", "3", "--max-steps", "2", "--held-out", "40",
-                         "--resume")
+    status, out, _ = run(capsys, "train", *common, "--epochs", "3", "--max-steps", "2", "--held-out", "40", "--resume")
     assert status == 0 and "epoch 3/3" in out and "epoch 1/3" not in out
     assert load_checkpoint(ckpt)["epoch"] == 3
     status, out, _ = run(capsys, "eval", "--checkpoint", str(ckpt), "--data", "shapes:200", "--no-progress")
@@ -96,6 +99,7 @@ def test_train_eval_resume(capsys, tmp_path):
 def test_eval_on_npz_with_limit(capsys, tmp_path):
     path = write_npz(tmp_path / "d.npz", n_test=30)
     save_checkpoint(tmp_path / "m.pt", create_model("resnet8"), "resnet8", 10)
-    status, out, _ = run(capsys, "eval", "--checkpoint", str(tmp_path / "m.pt"), "--data", f"npz:{path}",
-                         "--limit", "7", "--no-progress")
+    status, out, _ = run(
+        capsys, "eval", "--checkpoint", str(tmp_path / "m.pt"), "--data", f"npz:{path}", "--limit", "7", "--no-progress"
+    )
     assert status == 0 and "|      7 |" in out

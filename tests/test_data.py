@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_npz
+
 from dais_search.data import (
     NORMALIZATION,
     ArrayDataset,
@@ -79,7 +79,7 @@ def test_augment_batch_is_a_padded_crop_or_its_mirror():
     images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
     out = augment_batch(images, torch.Generator().manual_seed(0), pad=2)
     assert out.dtype == torch.uint8 and out.shape == images.shape
-    for src, dst in zip(images, out):
+    for src, dst in zip(images, out, strict=True):
         assert any(torch.equal(dst, c) for c in _crops(src, 2))
     # Negative control: a crop shifted past the padding is not among the candidates.
     shifted = torch.roll(images[0], shifts=5, dims=-1)
@@ -115,9 +115,9 @@ def test_train_loader_is_seeded_and_reshuffles_each_pass():
     data = _data(64)
     a, b = BatchLoader(data, 16, train=True, seed=7), BatchLoader(data, 16, train=True, seed=7)
     first_a, first_b = [y for _, y in a], [y for _, y in b]
-    assert all(torch.equal(x, y) for x, y in zip(first_a, first_b))
+    assert all(torch.equal(x, y) for x, y in zip(first_a, first_b, strict=True))
     second_a = [y for _, y in a]
-    assert not all(torch.equal(x, y) for x, y in zip(first_a, second_a))
+    assert not all(torch.equal(x, y) for x, y in zip(first_a, second_a, strict=True))
     assert sorted(torch.cat(second_a).tolist()) == list(range(64))
 
 
@@ -192,7 +192,9 @@ def test_imagefolder(tmp_path):
         for cls in ("cat", "dog"):
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(3):
-                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+                    tmp_path / split / cls / f"{i}.png"
+                )
     splits = load_dataset(f"imagefolder:{tmp_path}")
     assert splits.num_classes == 2 and len(splits.train) == 6
     for train in (True, False):

@@ -26,7 +26,9 @@ CONV_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"cin{c[0]}-cout{c[1]}-k{c[2]}-s{c[3]}-p{c[4]}-d{c[5]}-g{c[6]}")
+@pytest.mark.parametrize(
+    "case", CONV_CASES, ids=lambda c: f"cin{c[0]}-cout{c[1]}-k{c[2]}-s{c[3]}-p{c[4]}-d{c[5]}-g{c[6]}"
+)
 @pytest.mark.parametrize("batch", [1, 3])
 def test_conv_flops_closed_form(case, batch):
     cin, cout, k, s, p, d, g, bias, h, w = case

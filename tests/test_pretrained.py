@@ -13,8 +13,9 @@ def first_test_images(shared):
 
 
 # Measured once on the first 1,000 test images (the full 10,000 give 91.73% and 93.39%, as published).
-@pytest.mark.parametrize("name,file,top1", [("resnet20", "resnet20-12fca82f.th", 91.5),
-                                            ("resnet56", "resnet56-4bfd9763.th", 92.6)])
+@pytest.mark.parametrize(
+    "name,file,top1", [("resnet20", "resnet20-12fca82f.th", 91.5), ("resnet56", "resnet56-4bfd9763.th", 92.6)]
+)
 def test_teacher_accuracy(shared, first_test_images, name, file, top1):
     model, _ = model_from_checkpoint(load_checkpoint(shared / "pretrained" / file), name)
     metrics = evaluate(model, make_loader(first_test_images, 250, normalize="imagenet"), progress=False)

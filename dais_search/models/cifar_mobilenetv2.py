@@ -13,7 +13,15 @@ from torch import nn
 __all__ = ["CifarMobileNetV2", "InvertedResidual"]
 
 # (expansion t, output channels c, repeats n, first stride s), ImageNet strides 2 -> 1 for rows 0 and 1.
-CIFAR_SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+CIFAR_SETTINGS = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 1),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
