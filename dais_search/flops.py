@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from math import prod
 
 import torch
 from torch import nn
@@ -214,7 +215,9 @@ class FlopsModel:
     def _widths(self, widths) -> torch.Tensor:
         if isinstance(widths, torch.Tensor):
             if widths.shape != (len(self.groups),):
-                raise ValueError(f"expected {len(self.groups)} widths (one per prunable group), got {tuple(widths.shape)}")
+                raise ValueError(
+                    f"expected {len(self.groups)} widths (one per prunable group), got {tuple(widths.shape)}"
+                )
             return widths
         full = {g.id: float(g.size) for g in self.groups}
         unknown = set(widths) - set(full)

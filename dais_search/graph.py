@@ -524,7 +524,9 @@ def _reshape(w: _Walker, node, args, kwargs, shape):
         return _OPAQUE
     if x.cdim is None:
         return w.tk.untracked(shape)
-    sizes = node.args[1:] if node.op == "call_method" else (node.args[1] if len(node.args) > 1 else node.kwargs["shape"])
+    sizes = (
+        node.args[1:] if node.op == "call_method" else (node.args[1] if len(node.args) > 1 else node.kwargs["shape"])
+    )
     if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
         sizes = sizes[0]
     before = prod(x.shape[: x.cdim])
@@ -733,7 +735,10 @@ _METHODS.update({
 
 
 def trace_channels(
-    model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...], ignore: Iterable[str | nn.Module] = ()
+    model: nn.Module,
+    example_input: torch.Tensor | tuple[torch.Tensor, ...],
+    ignore: Iterable[str | nn.Module] = (),
+    warn: bool = True,
 ) -> ChannelGraph:
     """Runs the channel analysis (see the module docstring) and returns the full result.
 
@@ -741,6 +746,7 @@ def trace_channels(
         model: the dense model (not modified; traced in eval mode).
         example_input: an input (or tuple of inputs) of the shape the model will see.
         ignore: module paths or modules whose output channels must not be pruned.
+        warn: warn about operations that block pruning (off when replaying a plan).
     """
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     was_training = model.training
@@ -766,7 +772,8 @@ def trace_channels(
                 tk.fix(atoms, f"ignored: {path}")
 
     groups, atom_class = _assemble(tk)
-    _warn(walker, groups)
+    if warn:
+        _warn(walker, groups)
     infos = {n.name: walker.info.get(n) for n in gm.graph.nodes}
     return ChannelGraph(groups, gm, dict(tk.sites), infos, walker.calls, walker.param_shapes, atom_class)
 

@@ -146,9 +146,11 @@ class ConvHandler(LayerHandler):
 
     def params(self, module):
         kernel = prod(module.kernel_size)
-        terms = [Term(kernel, ("in", "out"))] if module.groups == 1 else [
-            Term(kernel * (module.in_channels // module.groups), ("out",))
-        ]
+        terms = (
+            [Term(kernel, ("in", "out"))]
+            if module.groups == 1
+            else [Term(kernel * (module.in_channels // module.groups), ("out",))]
+        )
         if module.bias is not None:
             terms.append(Term(1, ("out",)))
         return terms

@@ -78,11 +78,15 @@ def _check_kept(groups: Sequence[ChannelGroup], kept: Mapping[int, Sequence[int]
             raise UserError(f"plan prunes group {gid} ({g.name}), which cannot be pruned: {g.reason}")
         idx = sorted(int(i) for i in idx)
         if len(set(idx)) != len(idx) or (idx and (idx[0] < 0 or idx[-1] >= g.size)):
-            raise UserError(f"plan keeps invalid channels in group {gid} ({g.name}): indices must be unique, 0..{g.size - 1}")
+            raise UserError(
+                f"plan keeps invalid channels in group {gid} ({g.name}): indices must be unique, 0..{g.size - 1}"
+            )
         if len(idx) < g.min_keep:
             raise UserError(f"plan keeps {len(idx)} channels of group {gid} ({g.name}); it needs at least {g.min_keep}")
         if len(idx) % g.round_to:
-            raise UserError(f"plan keeps {len(idx)} channels of group {gid} ({g.name}); need a multiple of {g.round_to}")
+            raise UserError(
+                f"plan keeps {len(idx)} channels of group {gid} ({g.name}); need a multiple of {g.round_to}"
+            )
         if g.blocks:
             kept_set = set(idx)
             broken = [b for b in g.blocks if 0 < len(kept_set.intersection(b)) < len(b)]
@@ -232,7 +236,7 @@ class ChannelPlan:
                 f"{actual}{', ' + repr(self.meta['model']) if 'model' in self.meta else ''}); "
                 f"apply it to the dense model it was searched on"
             )
-        graph = trace_channels(dense, _example(dense, self.input_shape), self.ignore)
+        graph = trace_channels(dense, _example(dense, self.input_shape), self.ignore, warn=False)
         _check_kept(graph.groups, self.kept)
         return graph
 
@@ -270,9 +274,7 @@ class ChannelPlan:
             "dense": {"flops": self.dense_flops, "params": self.dense_params},
             "pruned": {"flops": self.flops, "params": self.params, "flops_ratio": round(self.flops_ratio, 6)},
             "meta": self.meta,
-            "groups": [
-                {"id": g, "size": self.group_sizes.get(g), "kept": idx} for g, idx in sorted(self.kept.items())
-            ],
+            "groups": [{"id": g, "size": self.group_sizes.get(g), "kept": idx} for g, idx in sorted(self.kept.items())],
         }
 
     @classmethod
@@ -280,7 +282,9 @@ class ChannelPlan:
         if data.get("format") != FORMAT:
             raise UserError(f"{source} is not a dais_search plan (format {data.get('format')!r})")
         if data.get("version") != VERSION:
-            raise UserError(f"{source} has plan version {data.get('version')}; this dais_search reads version {VERSION}")
+            raise UserError(
+                f"{source} has plan version {data.get('version')}; this dais_search reads version {VERSION}"
+            )
         try:
             return cls(
                 kept={int(g["id"]): [int(i) for i in g["kept"]] for g in data["groups"]},
