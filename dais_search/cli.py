@@ -26,6 +26,7 @@ from .errors import UserError
 from .flops import count_flops, count_params, flops_breakdown
 from .loops import cosine_schedule, evaluate, make_sgd, train_one_epoch
 from .models import create_model, describe, input_size, list_models
+from .plan import ChannelPlan
 from .report import format_table, human
 
 __all__ = ["main"]
@@ -107,6 +108,9 @@ def flops_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument("--batch", type=int, default=1, help="batch size of the counted forward pass (default: 1)")
     p.add_argument("--per-layer", action="store_true", help="also print a per-layer breakdown")
+    p.add_argument(
+        "--plan", help="a plan.json: report the model the plan prunes the dense model to, beside the dense one"
+    )
     p.add_argument("--list", action="store_true", help="list the registered models and exit")
     return p
 
@@ -116,23 +120,29 @@ def cmd_flops(args: argparse.Namespace) -> int:
         print(format_table([[n, describe(n)] for n in list_models()], ["model", "description"]))
         print("\nand every torchvision classification model as tv:NAME, e.g. tv:resnet50")
         return 0
-    if not args.model and not args.checkpoint:
-        raise UserError("flops needs --model NAME or --checkpoint PATH (see --list for the model names)")
+    plan = ChannelPlan.load(args.plan) if args.plan else None
+    name = args.model or (plan.meta.get("model") if plan else None)
+    num_classes = args.num_classes or (plan.meta.get("num_classes") if plan else None)
     if args.checkpoint:
-        model, name = model_from_checkpoint(load_checkpoint(args.checkpoint), args.model, args.num_classes)
-    else:
-        name = args.model
+        model, name = model_from_checkpoint(load_checkpoint(args.checkpoint), name, num_classes)
+    elif name:
         _check_model_name(name)
-        default_classes = 1000 if name.startswith("tv:") else 10
-        model = create_model(name, num_classes=args.num_classes or default_classes)
-    shape = (args.batch, *(args.input_size or input_size(name)))
-    flops, params = count_flops(model, shape), count_params(model)
+        model = create_model(name, num_classes=num_classes or (1000 if name.startswith("tv:") else 10))
+    else:
+        raise UserError("flops needs --model NAME or --checkpoint PATH (see --list for the model names)")
+    size = args.input_size or (plan.input_shape[1:] if plan else input_size(name))
+    shape = (args.batch, *size)
+    models = [("dense", model)] + ([("pruned", plan.apply(model))] if plan else [])
     if args.per_layer:
-        rows = [[r.name, r.type, f"{r.flops:,}", f"{r.params:,}"] for r in flops_breakdown(model, shape)]
+        rows = [[r.name, r.type, f"{r.flops:,}", f"{r.params:,}"] for r in flops_breakdown(models[-1][1], shape)]
         print(format_table(rows, ["layer", "type", "FLOPs", "params"]) + "\n")
-    print(f"model:  {name}  input {'x'.join(map(str, shape))}")
-    print(f"FLOPs:  {flops:,} ({human(flops)})")
-    print(f"params: {params:,} ({human(params)})")
+    dense_flops = count_flops(model, shape)
+    rows = []
+    for label, m in models:
+        flops, params = count_flops(m, shape), count_params(m)
+        rows.append([label, f"{flops:,}", human(flops), f"{params:,}", human(params), f"{flops / dense_flops:.4f}"])
+    print(f"model: {name}, input {'x'.join(map(str, shape))}" + (f", plan {args.plan}" if plan else ""))
+    print(format_table(rows, ["", "FLOPs", "", "params", "", "FLOPs ratio"]))
     return 0
 
 

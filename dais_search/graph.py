@@ -230,32 +230,62 @@ class _Tracer(fx.Tracer):
         return qualname in self.opaque or super().is_leaf_module(m, qualname)
 
 
+def _trace(root: nn.Module, opaque: set[str], prefix: str = "") -> fx.Graph:
+    """One fx trace of ``root``; the tensor constants fx stores on ``root`` are taken off again
+    afterwards (the caller's GraphModule keeps its own references), so the model is not modified."""
+    before = set(root.__dict__)
+    try:
+        return _Tracer({p[len(prefix) :] for p in opaque if p.startswith(prefix)}).trace(root)
+    finally:
+        for name in set(root.__dict__) - before:
+            delattr(root, name)
+
+
+def _find_opaque(module: nn.Module, path: str, opaque: set[str]) -> None:
+    """Marks the deepest submodules of ``module`` that fx cannot trace as opaque leaves."""
+    prefix = f"{path}." if path else ""
+    try:
+        _trace(module, opaque, prefix)
+        return
+    except Exception:  # noqa: BLE001 - any tracing failure: look deeper
+        pass
+    plain = fx.Tracer()
+    for name, child in module.named_children():
+        child_path = prefix + name
+        if not plain.is_leaf_module(child, child_path):
+            _find_opaque(child, child_path, opaque)
+    if path:
+        try:
+            _trace(module, opaque, prefix)
+        except Exception:  # noqa: BLE001 - its own forward cannot be traced
+            opaque.add(path)
+
+
 def _symbolic_trace(model: nn.Module) -> tuple[fx.GraphModule, set[str]]:
-    """Traces ``model``; submodules that cannot be traced become opaque leaves."""
+    """Traces ``model``; the deepest submodules that cannot be traced become opaque leaves."""
     opaque: set[str] = set()
     try:
-        tracer = _Tracer(opaque)
-        return fx.GraphModule(model, tracer.trace(model)), opaque
+        return _graph_module(model, opaque), opaque
     except Exception as first_error:  # noqa: BLE001 - any tracing failure sends us to the fallback
         error = first_error
-    skip: tuple[str, ...] = ()
-    plain = fx.Tracer()
-    for path, module in model.named_modules():
-        if not path or path.startswith(skip) or plain.is_leaf_module(module, path):
-            continue
-        try:
-            _Tracer(set()).trace(module)
-        except Exception:  # noqa: BLE001
-            opaque.add(path)
-            skip += (path + ".",)
+    _find_opaque(model, "", opaque)
     try:
-        tracer = _Tracer(opaque)
-        return fx.GraphModule(model, tracer.trace(model)), opaque
+        return _graph_module(model, opaque), opaque
     except Exception as exc:  # noqa: BLE001
         raise RuntimeError(
             f"{type(model).__name__} cannot be traced by torch.fx even with its untraceable submodules "
             f"({', '.join(sorted(opaque)) or 'none'}) as leaves: {error}"
         ) from exc
+
+
+def _graph_module(model: nn.Module, opaque: set[str]) -> fx.GraphModule:
+    before = set(model.__dict__)
+    try:
+        graph = _Tracer(opaque).trace(model)
+        return fx.GraphModule(model, graph)
+    finally:
+        for name in set(model.__dict__) - before:
+            delattr(model, name)
 
 
 class _ShapeRecorder(fx.Interpreter):
@@ -328,8 +358,10 @@ def _flat(value: Any) -> list[Any]:
 
 
 class _Walker:
-    def __init__(self, gm: fx.GraphModule, shapes: dict[fx.Node, Any], opaque_modules: set[str]) -> None:
-        self.gm, self.shapes, self.opaque_modules = gm, shapes, opaque_modules
+    def __init__(
+        self, gm: fx.GraphModule, shapes: dict[fx.Node, Any], opaque_modules: set[str], model_tensors: set[str]
+    ) -> None:
+        self.gm, self.shapes, self.opaque_modules, self.model_tensors = gm, shapes, opaque_modules, model_tensors
         self.tk = Tracker()
         self.info: dict[fx.Node, Any] = {}
         self.calls: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
@@ -387,7 +419,11 @@ class _Walker:
                 else:
                     self.info[node] = self.untracked_like(shape)
             elif node.op == "get_attr":
-                self.info[node] = ParamInfo(str(node.target), shape) if isinstance(shape, tuple) else None
+                # A tensor made in forward (fx stores it as a constant, which GraphModule turns into
+                # a buffer) is rebuilt at full width on every call, so it cannot be sliced: untracked.
+                registered = str(node.target) in self.model_tensors
+                info = ParamInfo(str(node.target), shape) if registered else TensorInfo(shape)
+                self.info[node] = info if isinstance(shape, tuple) else None
             elif node.op == "call_module":
                 self.info[node] = self.call_module(node, shape)
             elif node.op in ("call_function", "call_method"):
@@ -529,18 +565,22 @@ def _reshape(w: _Walker, node, args, kwargs, shape):
     )
     if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
         sizes = sizes[0]
-    before = prod(x.shape[: x.cdim])
-    out_dim = next((j for j in range(len(shape) + 1) if prod(shape[:j]) == before), None)
-    if out_dim is None or out_dim >= len(shape) or len(sizes) != len(shape):
+    if len(sizes) != len(shape):
         return _OPAQUE
-    size_arg = sizes[out_dim]
-    if isinstance(size_arg, int) and size_arg != -1:
-        return _OPAQUE  # a constant channel count would be wrong after pruning
+    before = prod(x.shape[: x.cdim])
     channels = x.shape[x.cdim]
-    for k in range(x.cdim + 1, len(x.shape) + 1):
-        if shape[out_dim] == channels * prod(x.shape[x.cdim + 1 : k]):
+    # The output axis holding the channels follows dims whose sizes multiply to the same as the
+    # dims before the channels (with size-1 dims several axes qualify: the last one that fits).
+    for out_dim in reversed(range(len(shape))):
+        if prod(shape[:out_dim]) != before:
+            continue
+        for k in range(x.cdim + 1, len(x.shape) + 1):
             repeat = prod(x.shape[x.cdim + 1 : k])
-            return w.tk.tensor(out_dim, [a for a in x.atoms for _ in range(repeat)], shape)
+            if shape[out_dim] == channels * repeat:
+                size_arg = sizes[out_dim]
+                if isinstance(size_arg, int) and size_arg != -1:
+                    return _OPAQUE  # a constant channel count would be wrong after pruning
+                return w.tk.tensor(out_dim, [a for a in x.atoms for _ in range(repeat)], shape)
     return _OPAQUE
 
 
@@ -596,6 +636,18 @@ def _spatial(n: int):
         return w.tk.tensor(x.cdim, x.atoms, shape)
 
     return rule
+
+
+def _interpolate(w: _Walker, node, args, kwargs, shape):
+    """Resizing acts on the dims after the first two (N, C, *spatial)."""
+    x = args[0]
+    if not isinstance(x, TensorInfo) or not isinstance(shape, tuple):
+        return _OPAQUE
+    if x.cdim is None:
+        return w.tk.untracked(shape)
+    if x.cdim != 1 or shape[1] != x.shape[1]:
+        return _OPAQUE
+    return w.tk.tensor(1, x.atoms, shape)
 
 
 def _pad(w: _Walker, node, args, kwargs, shape):
@@ -687,7 +739,7 @@ def _stochastic_depth_rule(w, node, args, kwargs, shape):
 
 _UNARY_FUNCS = [
     F.relu, F.relu6, F.elu, F.selu, F.celu, F.leaky_relu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
-    F.hardtanh, F.softplus, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.interpolate,
+    F.hardtanh, F.softplus, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
     torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.clamp, torch.clip, torch.abs, torch.neg, torch.exp,
     F.sigmoid, F.tanh, operator.neg, torch.square, torch.sqrt,
 ]  # fmt: skip
@@ -701,7 +753,8 @@ _FUNCTIONS.update({f: _binary for f in _BINARY_FUNCS})
 _FUNCTIONS.update({
     torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat, torch.flatten: _flatten, torch.reshape: _reshape,
     torch.permute: _permute, torch.transpose: _transpose, torch.mean: _reduce, torch.sum: _reduce, torch.amax: _reduce,
-    F.pad: _pad, F.softmax: _softmax, F.log_softmax: _softmax, torch.softmax: _softmax, F.layer_norm: _layer_norm,
+    F.pad: _pad, F.interpolate: _interpolate, F.softmax: _softmax, F.log_softmax: _softmax, torch.softmax: _softmax,
+    F.layer_norm: _layer_norm,
     operator.getitem: _getitem, torch.chunk: _split, torch.split: _split, torch.unbind: _split, getattr: _no_tensor,
     F.adaptive_avg_pool1d: _spatial(1), F.adaptive_max_pool1d: _spatial(1), F.avg_pool1d: _spatial(1),
     F.max_pool1d: _spatial(1), F.adaptive_avg_pool2d: _spatial(2), F.adaptive_max_pool2d: _spatial(2),
@@ -758,7 +811,9 @@ def trace_channels(
             recorder.run(*inputs)
     finally:
         model.train(was_training)
-    walker = _Walker(gm, recorder.shapes, opaque_modules)
+    model_tensors = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    model_tensors |= {n for n, _ in model.named_buffers(remove_duplicate=False)}
+    walker = _Walker(gm, recorder.shapes, opaque_modules, model_tensors)
     walker.run()
     tk = walker.tk
 

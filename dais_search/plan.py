@@ -228,7 +228,7 @@ class ChannelPlan:
         )
 
     # -- use ---------------------------------------------------------------------------------
-    def _graph(self, dense: nn.Module) -> ChannelGraph:
+    def _graph(self, dense: nn.Module, graph: ChannelGraph | None = None) -> ChannelGraph:
         actual = fingerprint(dense)
         if actual != self.fingerprint:
             raise UserError(
@@ -236,26 +236,28 @@ class ChannelPlan:
                 f"{actual}{', ' + repr(self.meta['model']) if 'model' in self.meta else ''}); "
                 f"apply it to the dense model it was searched on"
             )
-        graph = trace_channels(dense, _example(dense, self.input_shape), self.ignore, warn=False)
+        graph = graph or trace_channels(dense, _example(dense, self.input_shape), self.ignore, warn=False)
         _check_kept(graph.groups, self.kept)
         return graph
 
-    def apply(self, dense: nn.Module) -> nn.Module:
+    def apply(self, dense: nn.Module, graph: ChannelGraph | None = None) -> nn.Module:
         """A physically smaller copy of ``dense``: same class and module names, sliced weights.
 
-        ``dense`` is left untouched. The copy keeps ``dense``'s train/eval mode.
+        ``dense`` is left untouched. The copy keeps ``dense``'s train/eval mode. ``graph``, a
+        :func:`~dais_search.graph.trace_channels` result of ``dense`` itself, saves a second trace.
 
         Raises:
             UserError: if ``dense`` is not the architecture the plan was made for.
         """
-        graph = self._graph(dense)
+        graph = self._graph(dense, graph)
         pruned = copy.deepcopy(dense)
         _slice_model(pruned, graph, self.kept)
         return pruned
 
-    def mask(self, dense: nn.Module) -> nn.Module:
-        """A traced copy of ``dense`` whose removed channels are zero wherever they appear."""
-        masked = _masked_copy(self._graph(dense), self.kept)
+    def mask(self, dense: nn.Module, graph: ChannelGraph | None = None) -> nn.Module:
+        """A traced copy of ``dense`` whose removed channels are zero wherever they appear
+        (``graph`` as in :meth:`apply`; its trace must come from ``dense``, whose weights it holds)."""
+        masked = _masked_copy(self._graph(dense, graph), self.kept)
         masked.train(dense.training)
         return masked
 

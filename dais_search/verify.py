@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .flops import count_flops
+from .graph import trace_channels
 
 __all__ = ["PlanCheck", "check_plan", "randomize_norms"]
 
@@ -27,7 +28,8 @@ __all__ = ["PlanCheck", "check_plan", "randomize_norms"]
 def randomize_norms(model: nn.Module, example_input: torch.Tensor | None = None, seed: int = 0) -> nn.Module:
     """Randomises, in place, BN/GN/LN/InstanceNorm statistics and affine parameters and any
     per-channel scale parameter named ``*layer_scale*`` (ConvNeXt initialises those at 1e-6,
-    which would make pruned channels invisible). Returns ``model`` in eval mode.
+    which would make pruned channels invisible), and gives all-zero weight matrices small random
+    values. Returns ``model`` in eval mode.
 
     With ``example_input`` the BN statistics are first calibrated on it (random inputs of its
     shape, batch 8) and then perturbed, so that activations stay in range: made-up statistics
@@ -64,6 +66,9 @@ def randomize_norms(model: nn.Module, example_input: torch.Tensor | None = None,
     for name, p in model.named_parameters():
         if "layer_scale" in name:
             fill(p, 0.5, 1.5)
+        elif p.dim() >= 2 and not p.any():
+            # Zero-initialised heads (torchvision's ViT) would make every output 0.
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     return model
 
 
@@ -90,7 +95,8 @@ def check_plan(model: nn.Module, plan, x: torch.Tensor) -> PlanCheck:
         output shapes, and the pruned model's FLOPs at ``plan.input_shape``.
     """
     dense = randomize_norms(copy.deepcopy(model), x)
-    pruned, masked = plan.apply(dense).eval(), plan.mask(dense).eval()
+    graph = trace_channels(dense, torch.zeros(plan.input_shape, device=x.device), plan.ignore, warn=False)
+    pruned, masked = plan.apply(dense, graph).eval(), plan.mask(dense, graph).eval()
     expected, actual = masked(x), pruned(x)
     scale = expected.abs().max().clamp(min=1e-12)
     error = float((actual - expected).abs().max() / scale) if actual.shape == expected.shape else float("inf")

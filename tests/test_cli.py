@@ -31,7 +31,7 @@ def test_flops_of_a_checkpoint_and_other_inputs(capsys, tmp_path):
     status, out, _ = run(capsys, "flops", "--checkpoint", str(tmp_path / "m.pt"))
     assert status == 0 and f"{24_478_976 + 2 * 64 * 90:,}" in out
     status, out, _ = run(capsys, "flops", "--model", "resnet8", "--input-size", "3x64x64", "--batch", "2")
-    assert status == 0 and "input 2x3x64x64" in out
+    assert status == 0 and "input 2x3x64x64" in out and "| dense |" in out
     status, out, _ = run(capsys, "flops", "--list")
     assert status == 0 and "resnet56_b" in out and "tv:NAME" in out
 
@@ -103,3 +103,19 @@ def test_eval_on_npz_with_limit(capsys, tmp_path):
         capsys, "eval", "--checkpoint", str(tmp_path / "m.pt"), "--data", f"npz:{path}", "--limit", "7", "--no-progress"
     )
     assert status == 0 and "|      7 |" in out
+
+
+def test_flops_of_a_plan(capsys, tmp_path):
+    from dais_search.plan import random_plan
+
+    plan = random_plan(create_model("resnet20"), (1, 3, 32, 32), keep=0.5, seed=0)
+    plan.meta.update(model="resnet20", num_classes=10)
+    plan.save(tmp_path / "plan.json")
+    status, out, _ = run(capsys, "flops", "--plan", str(tmp_path / "plan.json"))
+    assert status == 0 and f"| pruned | {plan.flops:,} " in out and "| dense  | 81,102,080 " in out
+    assert f"{plan.flops / 81_102_080:.4f}" in out
+    status, _, err = run(capsys, "flops", "--model", "resnet32", "--plan", str(tmp_path / "plan.json"))
+    assert status == 2 and "another architecture" in err
+    (tmp_path / "cut.json").write_text((tmp_path / "plan.json").read_text()[:50])
+    status, _, err = run(capsys, "flops", "--plan", str(tmp_path / "cut.json"))
+    assert status == 2 and "not valid JSON" in err

@@ -1,0 +1,121 @@
+"""CPU forward latency of a dense model vs the same model physically pruned to a FLOPs target.
+
+The plan keeps the same fraction of every prunable group (BENCH.md's common setting for option-A
+CIFAR ResNets: the inner channels of each block), choosing channels by the L1 norm of their
+producing filters, with the largest fraction whose FLOPs stay within ``--keep`` x dense. Dense
+and pruned forwards are interleaved (eval mode, no grad) after a warm-up; medians are reported.
+
+    python benchmarks/bench_latency.py --model resnet56 --keep 0.5 --batch 128 --repeats 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+
+from dais_search import create_model, load_checkpoint, model_from_checkpoint
+from dais_search.flops import FlopsModel
+from dais_search.graph import trace_channels
+from dais_search.plan import ChannelPlan
+from dais_search.report import format_table
+
+
+def uniform_l1_plan(model, shape, keep: float) -> ChannelPlan:
+    """Same kept fraction in every prunable group, largest that meets ``keep`` x dense FLOPs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = trace_channels(model, torch.zeros(shape))
+    fm = FlopsModel(graph, model, torch.zeros(shape))
+    target = keep * fm.dense_flops
+
+    def widths(ratio: float) -> dict[int, int]:
+        return {g.id: max(g.min_keep, int(ratio * g.size)) for g in fm.groups}
+
+    lo, hi = 0.0, 1.0
+    for _ in range(40):  # bisection on the shared ratio
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if float(fm.flops(widths(mid))) <= target else (lo, mid)
+    kept = {}
+    for g in fm.groups:
+        score = torch.zeros(g.size)
+        for member in g.producers:
+            weight = model.get_submodule(member.name).weight.detach()
+            norms = weight.abs().flatten(1).sum(1)
+            for pos, cls in zip(member.positions, member.classes, strict=True):
+                score[cls] += norms[pos]
+        kept[g.id] = sorted(score.topk(widths(lo)[g.id]).indices.tolist())
+    return ChannelPlan.create(model, kept, shape, meta={"method": "uniform-l1", "keep": keep}, graph=graph)
+
+
+@torch.no_grad()
+def latency(models: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int, warmup: int) -> dict[str, list[float]]:
+    for m in models.values():
+        m.eval()
+        for _ in range(warmup):
+            m(x)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(repeats):
+        for name, m in models.items():  # interleaved: machine noise hits both alike
+            start = time.perf_counter()
+            m(x)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="resnet56", help="registry name (default: resnet56)")
+    p.add_argument("--checkpoint", help="dense weights (default: random init; latency does not depend on them)")
+    p.add_argument("--keep", type=float, default=0.5, help="FLOPs to keep, fraction of dense (default: 0.5)")
+    p.add_argument("--batch", type=int, nargs="+", default=[128, 1], help="batch sizes (default: 128 1)")
+    p.add_argument("--repeats", type=int, default=20, help="timed forwards per model (default: 20)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed forwards first (default: 5)")
+    p.add_argument("--size", type=int, default=32, help="input height and width (default: 32)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+
+    torch.manual_seed(0)
+    if args.checkpoint:
+        model, _ = model_from_checkpoint(load_checkpoint(args.checkpoint), args.model)
+    else:
+        model = create_model(args.model)
+    model.eval()
+    shape = (1, 3, args.size, args.size)
+    plan = uniform_l1_plan(model, shape, args.keep)
+    pruned = plan.apply(model).eval()
+    result = {
+        "benchmark": "latency",
+        "model": args.model,
+        "keep": args.keep,
+        "flops_ratio": round(plan.flops_ratio, 4),
+        "dense_flops": plan.dense_flops,
+        "pruned_flops": plan.flops,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "command": " ".join(["python", *sys.argv]),
+        "batches": {},
+    }
+    rows = []
+    for b in args.batch:
+        times = latency({"dense": model, "pruned": pruned}, torch.randn(b, *shape[1:]), args.repeats, args.warmup)
+        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        ratio = med["pruned"] / med["dense"]
+        result["batches"][b] = {"dense_ms": round(med["dense"], 3), "pruned_ms": round(med["pruned"], 3),
+                                "ratio": round(ratio, 4)}  # fmt: skip
+        rows.append([b, f"{med['dense']:.2f}", f"{med['pruned']:.2f}", f"{ratio:.3f}"])
+    print(f"{args.model}: pruned to {plan.flops:,} / {plan.dense_flops:,} FLOPs ({plan.flops_ratio:.4f})")
+    print(format_table(rows, ["batch", "dense ms", "pruned ms", "pruned / dense"]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
