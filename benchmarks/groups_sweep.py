@@ -27,6 +27,7 @@ from math import prod
 import torch
 import torchvision
 
+from dais_search import models
 from dais_search.flops import count_flops
 from dais_search.graph import trace_channels
 from dais_search.layers import handler_for
@@ -39,10 +40,9 @@ FIXED_SIZE = ("vit_", "swin_", "maxvit_")
 
 
 def input_size(name: str) -> int:
-    if name.startswith(FIXED_SIZE):
-        weights = torchvision.models.get_model_weights(name)
-        return next(iter(weights)).transforms().crop_size[0]
-    return 299 if name == "inception_v3" else 64  # small inputs keep 80 models affordable on a CPU
+    if name.startswith(FIXED_SIZE) or name == "inception_v3":
+        return models.input_size(f"tv:{name}")[-1]
+    return 64  # small inputs keep 80 models affordable on a CPU
 
 
 def prunable_flops_fraction(model, graph, shape) -> float:
@@ -107,11 +107,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--models", nargs="*", help="torchvision model names (default: every classification model)")
     p.add_argument("--json", help="write the rows to this JSON file")
     p.add_argument("--shard", default="0/1", help="K/N: run every N-th model from the K-th (parallel runs)")
-    p.add_argument("--combine", nargs="+", help="print the table of these --json files (shards) instead of running")
+    p.add_argument(
+        "--combine", nargs="+", help="print the table of these --json files (shards; later ones win) instead of running"
+    )
     args = p.parse_args(argv)
     if args.combine:
-        rows = [row for path in args.combine for row in json.load(open(path))]
-        return report(sorted(rows, key=lambda r: r["model"]), args.json)
+        by_model = {}  # a later file's row replaces an earlier one (a re-run of one model)
+        for path in args.combine:
+            with open(path) as f:
+                by_model.update({row["model"]: row for row in json.load(f)})
+        return report(sorted(by_model.values(), key=lambda r: r["model"]), args.json)
     names = args.models or torchvision.models.list_models(module=torchvision.models)
     k, n = (int(v) for v in args.shard.split("/"))
     names = names[k::n]

@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import operator
 import warnings
 from collections import defaultdict
@@ -941,8 +940,3 @@ def find_channel_groups(
         >>> [(g.name, g.size) for g in groups if g.prunable]
     """
     return trace_channels(model, example_input, ignore).groups
-
-
-def clone_graph_module(graph: ChannelGraph) -> fx.GraphModule:
-    """A deep copy of the traced module (its own modules and weights), for masking."""
-    return copy.deepcopy(graph.gm)

@@ -147,8 +147,10 @@ def input_size(name: str) -> tuple[int, int, int]:
     if name.startswith(TV_PREFIX):
         import torchvision.models
 
+        # The smallest crop any published weights use: models built without weights take their
+        # default resolution (vit_h_14: 224, though its SWAG weights need 518).
         weights = torchvision.models.get_model_weights(_tv_name(name))
-        crop = next(iter(weights)).transforms().crop_size[0] if len(weights) else 224
+        crop = min((w.transforms().crop_size[0] for w in weights), default=224)
         return (3, crop, crop)
     if name not in _REGISTRY:
         raise _unknown(name, list_models())
