@@ -16,42 +16,19 @@ import json
 import statistics
 import sys
 import time
-import warnings
 
 import torch
 
 from dais_search import create_model, load_checkpoint, model_from_checkpoint
-from dais_search.flops import FlopsModel
-from dais_search.graph import trace_channels
+from dais_search.baselines import uniform_plan
+from dais_search.flops import count_flops
 from dais_search.plan import ChannelPlan, random_plan
 from dais_search.report import format_table
 
 
 def uniform_l1_plan(model, shape, keep: float) -> ChannelPlan:
     """Same kept fraction in every prunable group, largest that meets ``keep`` x dense FLOPs."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        graph = trace_channels(model, torch.zeros(shape))
-    fm = FlopsModel(graph, model, torch.zeros(shape))
-    target = keep * fm.dense_flops
-
-    def widths(ratio: float) -> dict[int, int]:
-        return {g.id: max(g.min_keep, int(ratio * g.size)) for g in fm.groups}
-
-    lo, hi = 0.0, 1.0
-    for _ in range(40):  # bisection on the shared ratio
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if float(fm.flops(widths(mid))) <= target else (lo, mid)
-    kept = {}
-    for g in fm.groups:
-        score = torch.zeros(g.size)
-        for member in g.producers:
-            weight = model.get_submodule(member.name).weight.detach()
-            norms = weight.abs().flatten(1).sum(1)
-            for pos, cls in zip(member.positions, member.classes, strict=True):
-                score[cls] += norms[pos]
-        kept[g.id] = sorted(score.topk(widths(lo)[g.id]).indices.tolist())
-    return ChannelPlan.create(model, kept, shape, meta={"method": "uniform-l1", "keep": keep}, graph=graph)
+    return uniform_plan(model, shape, keep * count_flops(model, shape))
 
 
 @torch.no_grad()

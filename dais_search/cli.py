@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -377,12 +378,55 @@ def _versions() -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------------------------
+# search
+
+
+def search_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        "dais-search search",
+        add_help=add_help,
+        description="Search which channels to keep under the FLOPs budget of a budget file (DAIS indicators + DSA "
+        "keep ratios, bi-level), binarise onto the budget, and write OUT/plan.json and the pruned model.",
+    )
+    p.add_argument("budget", help="budget file (TOML), e.g. budgets/resnet56_cifar10_keep50.toml")
+    p.add_argument("--out", help="output folder (default: runs/<budget file name>)")
+    p.add_argument("--resume", action="store_true", help="continue the search whose state is in --out")
+    p.add_argument("--epochs", type=int, help="override search.epochs")
+    p.add_argument("--checkpoint", help="override model.checkpoint (the dense weights to prune)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override any budget field, e.g. --set search.mode=dais --set data.batch_size=64 (repeatable)",
+    )
+    _add_run_args(p)
+    return p
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .budget import load_budget, parse_override
+    from .pipeline import run_search
+
+    overrides = dict(parse_override(text) for text in args.set)
+    if args.epochs is not None:
+        overrides["search.epochs"] = args.epochs
+    if args.checkpoint is not None:
+        overrides["model.checkpoint"] = args.checkpoint
+    budget = load_budget(args.budget, overrides)
+    out = args.out or os.path.join("runs", Path(args.budget).stem)
+    run_search(budget, args.budget, out, args.resume, str(_device(args.device)), not args.no_progress, overrides)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
 # entry point
 
 COMMANDS = {
     "flops": (flops_parser, cmd_flops),
     "eval": (eval_parser, cmd_eval),
     "train": (train_parser, cmd_train),
+    "search": (search_parser, cmd_search),
 }
 
 

@@ -373,6 +373,7 @@ def make_loader(
     seed: int = 0,
     workers: int = 2,
     image_size: int = 224,
+    drop_last: bool = False,
 ):
     """A loader of normalised float batches for any data set :func:`load_dataset` returns.
 
@@ -381,7 +382,7 @@ def make_loader(
     for evaluation).
     """
     if isinstance(data, ArrayDataset):
-        return BatchLoader(data, batch_size, train=train, normalize=normalize, seed=seed)
+        return BatchLoader(data, batch_size, train=train, normalize=normalize, seed=seed, drop_last=drop_last)
     from torchvision import transforms as T
 
     mean, std = NORMALIZATION[normalize] if normalize in NORMALIZATION else _normalizer(normalize)
@@ -399,4 +400,5 @@ def make_loader(
         num_workers=workers,
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=workers > 0,
+        drop_last=drop_last,
     )

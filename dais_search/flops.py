@@ -205,16 +205,17 @@ class FlopsModel:
 
     @staticmethod
     def _evaluate(packed, widths: torch.Tensor) -> torch.Tensor:
-        total = torch.zeros((), dtype=torch.float64, device=widths.device)
+        """The polynomial at ``widths`` of shape (G,) or a batch (B, G)."""
         w = widths.to(torch.float64)
+        total = torch.zeros(w.shape[:-1], dtype=torch.float64, device=w.device)
         for coef, fixed, mats in packed:
-            factors = fixed.to(w.device) + torch.einsum("tkg,g->tk", mats.to(w.device), w)  # (terms, k)
-            total = total + (coef.to(w.device) * factors.prod(dim=1)).sum()
+            factors = fixed.to(w.device) + torch.einsum("tkg,...g->...tk", mats.to(w.device), w)  # (..., terms, k)
+            total = total + (coef.to(w.device) * factors.prod(dim=-1)).sum(dim=-1)
         return total
 
     def _widths(self, widths) -> torch.Tensor:
         if isinstance(widths, torch.Tensor):
-            if widths.shape != (len(self.groups),):
+            if widths.shape[-1:] != (len(self.groups),):
                 raise ValueError(
                     f"expected {len(self.groups)} widths (one per prunable group), got {tuple(widths.shape)}"
                 )
@@ -235,7 +236,8 @@ class FlopsModel:
         return self._widths({g: len(v) for g, v in kept.items()})
 
     def flops(self, widths) -> torch.Tensor:
-        """FLOPs at ``widths``: a tensor of one width per group in :attr:`groups`, or ``{group id: width}``."""
+        """FLOPs at ``widths``: a tensor of one width per group in :attr:`groups` (or a (B, G) batch of
+        them), or ``{group id: width}``."""
         return self._flops_const + self._evaluate(self._flop_terms, self._widths(widths))
 
     def params(self, widths) -> torch.Tensor:

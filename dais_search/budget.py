@@ -1,0 +1,239 @@
+"""Budget files: what to prune, to what, and how to search. TOML, strict schema, version 1.
+
+Every key is checked: an unknown key, a wrong type or an out-of-range value is an error that
+names the file, the key and what is allowed, before any data is loaded. Relative paths in a
+budget file are relative to the directory the command runs in (the repository root in all our
+examples). See ``budgets/README.md`` for every field.
+
+Example:
+    >>> budget = load_budget("budgets/resnet56_cifar10_keep50.toml", overrides={"search.epochs": 1})
+    >>> budget.flops_target(250_971_392)
+    125485696.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+__all__ = ["Budget", "BudgetSpec", "DataSpec", "ModelSpec", "SearchSpec", "load_budget", "parse_budget"]
+
+VERSION = 1
+MODES = ("dais", "dsa", "dais+dsa")
+SCHEDULES = ("exponential", "cosine")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str = ""
+    checkpoint: str = ""
+    num_classes: int = 0  # 0: from the data set
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    dataset: str = "shapes"
+    data_dir: str = "data"
+    held_out: int = 5000
+    split_seed: int = 0
+    normalize: str = "imagenet"
+    batch_size: int = 128
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    flops: str | float = "50%"
+    params: str | float = ""
+    input_size: tuple[int, ...] = ()
+    ignore: tuple[str, ...] = ()
+    min_keep: int = 1
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    mode: str = "dais+dsa"
+    epochs: int = 2
+    weight_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    gate_lr: float = 0.05
+    gate_weight_decay: float = 0.0
+    temperature_start: float = 1.0
+    temperature_end: float = 0.02
+    temperature_schedule: str = "exponential"
+    rho: float = 1.0
+    gate_every: int = 0  # weight steps per gate step; 0: len(train split) / len(held-out split)
+    max_steps: int = 0  # weight steps per epoch; 0: the whole train split
+    recalibrate_batches: int = 50
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A parsed budget file (see the module docstring)."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    budget: BudgetSpec = field(default_factory=BudgetSpec)
+    search: SearchSpec = field(default_factory=SearchSpec)
+    source: str = ""
+
+    def flops_target(self, dense_flops: int) -> float:
+        """The FLOPs the pruned model may have, from ``budget.flops`` ("50%" or an absolute count)."""
+        return _target(self.budget.flops, dense_flops, "budget.flops")
+
+    def params_target(self, dense_params: int) -> float | None:
+        """The parameter budget, or ``None`` when there is none."""
+        if self.budget.params in ("", None):
+            return None
+        return _target(self.budget.params, dense_params, "budget.params")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return out
+
+
+def _target(value: str | float, dense: int, key: str) -> float:
+    if isinstance(value, str):
+        return float(value.rstrip("%")) / 100 * dense
+    return float(value) if value > 1 else float(value) * dense
+
+
+def _check_fraction(value: Any, key: str, where: str) -> str | float:
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            pct = float(text.rstrip("%"))
+        except ValueError:
+            raise UserError(f'{where}: {key} = {value!r} is not a percentage like "50%"') from None
+        if not text.endswith("%") or not 0 < pct <= 100:
+            raise UserError(f'{where}: {key} = {value!r}; write a percentage in (0%, 100%] like "50%"')
+        return text
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UserError(f'{where}: {key} = {value!r}; give "50%", a fraction like 0.5, or an absolute count')
+    return float(value)
+
+
+def _section(cls, raw: Any, name: str, where: str):
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: [{name}] must be a table")
+    allowed = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        raise UserError(
+            f"{where}: unknown key {name}.{unknown[0]}; allowed keys in [{name}]: {', '.join(sorted(allowed))}"
+        )
+    values = {}
+    for key, value in raw.items():
+        default = allowed[key].default
+        full = f"{name}.{key}"
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        elif isinstance(default, tuple):
+            ok = isinstance(value, list)
+            value = tuple(value) if ok else value
+        else:
+            ok = True
+        if not ok:
+            raise UserError(f"{where}: {full} = {value!r} should be a {type(default).__name__}")
+        values[key] = value
+    return cls(**values)
+
+
+def parse_budget(raw: dict[str, Any], where: str = "budget") -> Budget:
+    """Validates a budget given as a dict (the parsed TOML). See :func:`load_budget`."""
+    raw = dict(raw)
+    version = raw.pop("version", None)
+    if version != VERSION:
+        raise UserError(f"{where}: version = {version!r}; this dais_search reads budget files with version = {VERSION}")
+    unknown = sorted(set(raw) - {"model", "data", "budget", "search"})
+    if unknown:
+        raise UserError(
+            f"{where}: unknown table or key {unknown[0]!r}; allowed: version, [model], [data], [budget], [search]"
+        )
+    model = _section(ModelSpec, raw.get("model", {}), "model", where)
+    data = _section(DataSpec, raw.get("data", {}), "data", where)
+    budget = _section(BudgetSpec, raw.get("budget", {}), "budget", where)
+    search = _section(SearchSpec, raw.get("search", {}), "search", where)
+    if not model.name:
+        raise UserError(f'{where}: model.name is required (a registry name such as "resnet56" or "tv:resnet50")')
+    budget = dataclasses.replace(
+        budget,
+        flops=_check_fraction(budget.flops, "budget.flops", where),
+        params=_check_fraction(budget.params, "budget.params", where) if budget.params not in ("", None) else "",
+    )
+    if budget.input_size and (
+        len(budget.input_size) != 3 or not all(isinstance(v, int) and v > 0 for v in budget.input_size)
+    ):
+        raise UserError(f"{where}: budget.input_size = {list(budget.input_size)}; give [C, H, W], e.g. [3, 32, 32]")
+    if search.mode not in MODES:
+        raise UserError(f"{where}: search.mode = {search.mode!r}; choose one of {', '.join(MODES)}")
+    if search.temperature_schedule not in SCHEDULES:
+        raise UserError(
+            f"{where}: search.temperature_schedule = {search.temperature_schedule!r}; choose {' or '.join(SCHEDULES)}"
+        )
+    if not 0 < search.temperature_end <= search.temperature_start:
+        raise UserError(f"{where}: need 0 < search.temperature_end <= search.temperature_start")
+    for key in ("epochs",):
+        if getattr(search, key) < 1:
+            raise UserError(f"{where}: search.{key} must be at least 1")
+    for key in ("weight_lr", "gate_lr", "rho"):
+        if getattr(search, key) <= 0:
+            raise UserError(f"{where}: search.{key} must be positive")
+    if data.batch_size < 1 or data.held_out < 1:
+        raise UserError(f"{where}: data.batch_size and data.held_out must be at least 1")
+    if budget.min_keep < 1:
+        raise UserError(f"{where}: budget.min_keep must be at least 1")
+    return Budget(model, data, budget, search, where)
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], where: str) -> dict[str, Any]:
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if not key or section not in ("model", "data", "budget", "search"):
+            raise UserError(
+                f"override {dotted!r}: write SECTION.KEY=VALUE with SECTION one of model, data, budget, search"
+            )
+        raw.setdefault(section, {})[key] = value
+    return raw
+
+
+def load_budget(path: str | Path, overrides: dict[str, Any] | None = None) -> Budget:
+    """Reads and validates a TOML budget file, applying ``{"section.key": value}`` overrides.
+
+    Raises:
+        UserError: missing file, invalid TOML, unknown key, wrong type or value.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"budget file {str(path)!r} does not exist; see budgets/ for examples")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"budget file {str(path)!r} is not valid TOML: {exc}") from exc
+    return parse_budget(_apply_overrides(raw, overrides or {}, str(path)), str(path))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"search.epochs=1"`` -> ``("search.epochs", 1)``; the value is read as TOML (strings may go unquoted)."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise UserError(f"--set {text!r}: write SECTION.KEY=VALUE, e.g. --set search.epochs=1")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return key.strip(), parsed

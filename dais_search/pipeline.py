@@ -1,0 +1,220 @@
+"""The search stage end to end: budget file in, ``OUT/plan.json`` and the pruned model out.
+
+Everything needed to reproduce a run is written next to its outputs::
+
+    OUT/budget.toml      the budget file as given          OUT/config.json  resolved budget, overrides, versions
+    OUT/state.pt         the search state after each epoch (``--resume`` continues from it)
+    OUT/plan.json        the binarised plan                 OUT/pruned.pt    the pruned, BN-recalibrated model
+    OUT/metrics.json     accuracies, FLOPs, timings         OUT/tb/          TensorBoard events
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .baselines import uniform_plan
+from .budget import Budget
+from .checkpoint import atomic_torch_save, load_checkpoint, load_state_dict_strict, save_checkpoint
+from .data import BatchLoader, check_data_spec, load_dataset, make_loader, train_val_split
+from .errors import UserError
+from .loops import evaluate, make_sgd
+from .models import create_model, input_size
+from .monitor import MetricWriter, indicator_heatmap
+from .report import format_table
+from .search import Searcher, recalibrate_bn
+
+__all__ = ["run_search"]
+
+log = logging.getLogger("dais_search")
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import torchvision
+
+    return {"dais_search": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": numpy.__version__, "python": sys.version.split()[0]}  # fmt: skip
+
+
+def _check_inputs(budget: Budget) -> None:
+    """Everything that can be wrong with the inputs, before any data is decoded."""
+    check_data_spec(budget.data.dataset)
+    input_size(budget.model.name)  # unknown model -> UserError listing the known ones
+    if budget.model.checkpoint and not os.path.isfile(budget.model.checkpoint):
+        raise UserError(
+            f"model.checkpoint {budget.model.checkpoint!r} does not exist (paths are relative to the current directory)"
+        )
+
+
+def _time_dense_steps(model: torch.nn.Module, loader: BatchLoader, steps: int) -> float:
+    """Seconds per weight step of plain dense training, on a copy (the model is not changed)."""
+    dense = copy.deepcopy(model).train()
+    opt = make_sgd(dense, 0.01)
+    times = []
+    for i, (x, y) in enumerate(loader):
+        if i >= steps + 2:
+            break
+        start = time.perf_counter()
+        loss = F.cross_entropy(dense(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= 2:  # the first steps warm up the allocator and kernels
+            times.append(time.perf_counter() - start)
+    return sum(times) / max(len(times), 1)
+
+
+def run_search(budget: Budget, budget_path: str, out: str, resume: bool = False, device: str = "cpu",
+               progress: bool = True, overrides: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Runs the search a budget describes; returns the metrics also written to ``OUT/metrics.json``."""
+    _check_inputs(budget)
+    out_dir = Path(out)
+    state_path = out_dir / "state.pt"
+    if resume and not state_path.is_file():
+        raise UserError(f"--resume: {out_dir} holds no search state (state.pt); start without --resume")
+    if not resume and (state_path.is_file() or (out_dir / "plan.json").is_file()):
+        raise UserError(f"{out_dir} already holds a search; pass --resume to continue it or choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        shutil.copyfile(budget_path, out_dir / "budget.toml")
+        config = {"budget": budget.to_dict(), "overrides": overrides or {}, "versions": _versions(),
+                  "command": " ".join(sys.argv), "device": device}  # fmt: skip
+        (out_dir / "config.json").write_text(json.dumps(config, indent=1))
+
+    spec, dspec = budget.search, budget.data
+    torch.manual_seed(spec.seed)
+    splits = load_dataset(dspec.dataset, dspec.data_dir)
+    train, held = train_val_split(splits.train, dspec.held_out, dspec.split_seed)
+    num_classes = budget.model.num_classes or splits.num_classes
+    model = create_model(budget.model.name, num_classes=num_classes)
+    if budget.model.checkpoint:
+        load_state_dict_strict(model, load_checkpoint(budget.model.checkpoint)["state_dict"],
+                               f"checkpoint {budget.model.checkpoint!r}")  # fmt: skip
+    model.to(device)
+    dense = copy.deepcopy(model).eval()  # the teacher / the baseline's starting point
+    shape = (1, *(budget.budget.input_size or splits.input_size))
+    image = (budget.budget.input_size or splits.input_size)[-1]
+    train_loader = make_loader(train, dspec.batch_size, True, dspec.normalize, spec.seed, dspec.workers, image, True)
+    val_loader = make_loader(held, dspec.batch_size, True, dspec.normalize, spec.seed + 1, dspec.workers, image, True)
+    steps = len(train_loader) if not spec.max_steps else min(spec.max_steps, len(train_loader))
+    gate_every = spec.gate_every or max(1, len(train_loader) // max(1, len(val_loader)))
+
+    searcher = Searcher(model, budget, torch.zeros(shape, device=device), steps)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if resume:
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        load_state_dict_strict(model, state["model"], f"search state {state_path}")
+        searcher.load_state_dict(state["searcher"])
+        start_epoch, history = state["epoch"], state["history"]
+        for loader in (train_loader, val_loader):
+            if isinstance(loader, BatchLoader):
+                loader.epoch = start_epoch  # the same shuffles as an uninterrupted run
+    dense_step = _time_dense_steps(model, train_loader, min(20, steps))
+    writer = MetricWriter(str(out_dir / "tb"))
+
+    def on_gate_step(s: Searcher, stats: dict[str, float], temperature: float) -> None:
+        masks = s.gates()
+        scalars = {
+            "search/temperature": temperature,
+            "search/flops_ratio": stats["flops_ratio"],
+            "search/lambda": s.lam,
+            "search/val_loss": stats["val_loss"],
+            "search/binarization_gap": s.gates.binarization_gap(masks),
+        }
+        if s.params_target is not None:
+            scalars["search/lambda_params"] = s.lam_params
+        writer.scalars(s.step, scalars)
+
+    for epoch in range(start_epoch, spec.epochs):
+        stats = searcher.run_epoch(epoch, train_loader, val_loader, gate_every, spec.max_steps, progress, on_gate_step)
+        masks = [m.detach() for m in searcher.gates()]
+        stats["binarization_gap"] = searcher.gates.binarization_gap(masks)
+        stats["flops_ratio"] = (
+            float(searcher.flops_model.flops(searcher.gates.expected_widths(masks))) / searcher.flops_target
+        )
+        stats["dense_epoch_seconds"] = dense_step * steps
+        stats["search_over_dense_epoch"] = stats["seconds"] / max(stats["dense_epoch_seconds"], 1e-9)
+        history.append(stats)
+        step = searcher.step
+        writer.scalars(step, {"search/task_loss": stats["train_loss"], "search/train_top1": stats["train_top1"],
+                              "search/val_top1": stats["val_top1"]})  # fmt: skip
+        for g, m in zip(searcher.groups, masks, strict=True):
+            writer.scalars(step, {f"keep/{g.name}": float(m.sum()) / g.size})
+            writer.histogram(f"mask/{g.name}", m, step)
+        writer.image("search/indicators", indicator_heatmap(masks), step)
+        writer.flush()
+        atomic_torch_save({"model": model.state_dict(), "searcher": searcher.state_dict(), "epoch": epoch + 1,
+                           "history": history}, state_path)  # fmt: skip
+        log.info("search epoch %d/%d: %s", epoch + 1, spec.epochs,
+                 ", ".join(f"{k} {v:.4g}" for k, v in stats.items() if isinstance(v, float)))  # fmt: skip
+
+    plan = searcher.binarize()
+    plan.meta.update(model=budget.model.name, num_classes=num_classes, budget=str(budget_path))
+    pruned = plan.apply(model)
+    recalibrate_bn(pruned, train_loader, spec.recalibrate_batches)
+    plan.save(out_dir / "plan.json")
+    save_checkpoint(out_dir / "pruned.pt", pruned, budget.model.name, num_classes, normalize=dspec.normalize,
+                    plan=plan.to_dict())  # fmt: skip
+
+    # Reported beside the result: uniform L1 pruning of the dense model at the same FLOPs.
+    baseline_plan = uniform_plan(dense, shape, plan.flops, budget.budget.ignore)
+    baseline = recalibrate_bn(baseline_plan.apply(dense), train_loader, spec.recalibrate_batches)
+
+    def accuracy(m, data) -> float:
+        loader = make_loader(data, 256, False, dspec.normalize, workers=dspec.workers, image_size=image)
+        return evaluate(m, loader, progress=False)["top1"]
+
+    metrics = {
+        "budget": str(budget_path),
+        "mode": spec.mode,
+        "dense_flops": plan.dense_flops,
+        "target_flops": searcher.flops_target,
+        "flops": plan.flops,
+        "flops_over_target": plan.flops / searcher.flops_target,
+        "params": plan.params,
+        "dense_params": plan.dense_params,
+        "binarization_gap": history[-1]["binarization_gap"] if history else None,
+        "search_seconds": sum(h["seconds"] for h in history),
+        "dense_epoch_seconds": dense_step * steps,
+        "search_epoch_over_dense_epoch": [h["search_over_dense_epoch"] for h in history],
+        "pruned_held_out_top1": accuracy(pruned, held),
+        "pruned_test_top1": accuracy(pruned, splits.test),
+        "uniform_l1": {
+            "flops": baseline_plan.flops,
+            "held_out_top1": accuracy(baseline, held),
+            "test_top1": accuracy(baseline, splits.test),
+        },  # fmt: skip
+        "dense_test_top1": accuracy(dense, splits.test),
+        "history": history,
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    writer.text("plan/final", "```\n" + json.dumps(plan.to_dict(), indent=1)[:60000] + "\n```", searcher.step)
+    writer.close()
+    rows = [
+        ["dense", f"{plan.dense_flops:,}", "1.000", f"{plan.dense_params:,}", "", f"{metrics['dense_test_top1']:.2f}"],
+        ["searched (pruned + BN recal.)", f"{plan.flops:,}", f"{plan.flops_ratio:.3f}", f"{plan.params:,}",
+         f"{metrics['pruned_held_out_top1']:.2f}", f"{metrics['pruned_test_top1']:.2f}"],
+        ["uniform L1 (+ BN recal.)", f"{baseline_plan.flops:,}", f"{baseline_plan.flops_ratio:.3f}",
+         f"{baseline_plan.params:,}", f"{metrics['uniform_l1']['held_out_top1']:.2f}",
+         f"{metrics['uniform_l1']['test_top1']:.2f}"],
+    ]  # fmt: skip
+    print(format_table(rows, ["model", "FLOPs", "ratio", "params", "held-out top-1 %", "test top-1 %"]))
+    ratios = ", ".join(f"{r:.2f}" for r in metrics["search_epoch_over_dense_epoch"])
+    print(f"FLOPs / target {metrics['flops_over_target']:.4f}; binarization gap {metrics['binarization_gap']:.4f}; "
+          f"search {metrics['search_seconds']:.0f} s, per epoch {ratios} x a dense epoch "
+          f"({metrics['dense_epoch_seconds']:.0f} s, from timed steps)")  # fmt: skip
+    print(f"plan: {out_dir / 'plan.json'}   (dais-search flops --plan {out_dir / 'plan.json'})")
+    return metrics
