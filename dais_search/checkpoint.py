@@ -17,14 +17,22 @@ import os
 import pickle
 import tempfile
 import zipfile
-from typing import Any
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
 
 from .errors import UserError
 
-__all__ = ["load_checkpoint", "load_state_dict_strict", "model_from_checkpoint", "save_checkpoint"]
+__all__ = [
+    "atomic_torch_save",
+    "atomic_write",
+    "load_checkpoint",
+    "load_state_dict_strict",
+    "model_from_checkpoint",
+    "save_checkpoint",
+]
 
 FORMAT = "dais_search.checkpoint"
 VERSION = 1
@@ -67,13 +75,19 @@ def save_checkpoint(
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file beside ``path``, fsync, then ``os.replace``."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Calls ``write(file)`` on a temporary file beside ``path``, fsyncs it and moves it over
+    ``path``: readers see the old file or the new one, never a part-written one."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

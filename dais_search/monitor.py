@@ -24,10 +24,11 @@ def _colour(values: np.ndarray) -> np.ndarray:
     return _ANCHORS[lo] * (1 - frac) + _ANCHORS[lo + 1] * frac
 
 
-def indicator_heatmap(masks: list[torch.Tensor], row_height: int = 6, max_width: int = 512) -> np.ndarray:
+def indicator_heatmap(masks: list[torch.Tensor], row_height: int = 10, max_width: int = 512) -> np.ndarray:
     """A (3, H, W) uint8 image of the masks: groups as bands, channels sorted (descending).
 
-    Groups wider than ``max_width`` are resampled to it (sorted values keep their shape).
+    Groups wider than ``max_width`` are resampled to it (sorted values keep their shape); narrow
+    ones are stretched so that the image is about ``max_width`` pixels wide.
     """
     if not masks:
         return np.zeros((3, 1, 1), dtype=np.uint8)
@@ -42,6 +43,7 @@ def indicator_heatmap(masks: list[torch.Tensor], row_height: int = 6, max_width:
         rows.append(np.repeat(row[None], row_height, axis=0))
         rows.append(np.full((1, width, 3), 255.0))  # a white line between groups
     image = np.concatenate(rows, axis=0)
+    image = np.repeat(image, max(1, max_width // width), axis=1)
     return image.round().astype(np.uint8).transpose(2, 0, 1)
 
 

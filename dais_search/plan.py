@@ -19,7 +19,6 @@ import copy
 import hashlib
 import json
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -305,19 +304,10 @@ class ChannelPlan:
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the plan as JSON, atomically (temporary file + ``os.replace``)."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        from .checkpoint import atomic_write
+
+        text = json.dumps(self.to_dict(), indent=1) + "\n"
+        atomic_write(path, lambda f: f.write(text.encode()))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ChannelPlan:
