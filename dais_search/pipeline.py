@@ -123,6 +123,8 @@ def run_search(budget: Budget, budget_path: str, out: str, resume: bool = False,
             if isinstance(loader, BatchLoader):
                 loader.epoch = start_epoch  # the same shuffles as an uninterrupted run
     dense_step = _time_dense_steps(model, train_loader, min(20, steps))
+    if isinstance(train_loader, BatchLoader):
+        train_loader.epoch = start_epoch  # the timing pass must not shift the search's shuffles
     writer = MetricWriter(str(out_dir / "tb"))
 
     def on_gate_step(s: Searcher, stats: dict[str, float], temperature: float) -> None:
