@@ -89,8 +89,8 @@ class ChannelGates(nn.Module):
         fixed = self.scores.split(self.sizes) if self.mode == "dsa" else None
         return [allocate(fixed[i] if fixed is not None else a, keep[i], t) for i, a in enumerate(self.alpha)]
 
-    def expected_widths(self, masks: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Expected kept channels per group: the sums of the soft masks."""
+    def expected_width(self, masks: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Expected kept channels of every group (a (G,) tensor): the sums of the soft masks."""
         masks = masks if masks is not None else self()
         return torch.stack([m.sum() for m in masks]) if masks else torch.zeros(0)
 
@@ -107,6 +107,15 @@ class ChannelGates(nn.Module):
         if self.mode == "dsa":
             return [s.detach() for s in self.scores.split(self.sizes)]
         return [a.detach() for a in self.alpha]
+
+    def hard_mask(self) -> list[torch.Tensor]:
+        """The binarised masks: per group, its :meth:`hard_counts` top channels by :meth:`channel_scores`."""
+        masks = []
+        for scores, n in zip(self.channel_scores(), self.hard_counts(), strict=True):
+            keep = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+            keep[torch.argsort(scores, descending=True)[:n]] = True
+            masks.append(keep)
+        return masks
 
     def hard_counts(self, masks: list[torch.Tensor] | None = None) -> list[int]:
         """Channels each group keeps when binarised: ``alpha > 0`` (dais) or the rounded expected width."""

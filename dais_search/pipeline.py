@@ -145,7 +145,7 @@ def run_search(budget: Budget, budget_path: str, out: str, resume: bool = False,
         masks = [m.detach() for m in searcher.gates()]
         stats["binarization_gap"] = searcher.gates.binarization_gap(masks)
         stats["flops_ratio"] = (
-            float(searcher.flops_model.flops(searcher.gates.expected_widths(masks))) / searcher.flops_target
+            float(searcher.flops_model.flops(searcher.gates.expected_width(masks))) / searcher.flops_target
         )
         stats["dense_epoch_seconds"] = dense_step * steps
         stats["search_over_dense_epoch"] = stats["seconds"] / max(stats["dense_epoch_seconds"], 1e-9)

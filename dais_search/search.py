@@ -143,7 +143,7 @@ class Searcher:
 
     def budget_terms(self, masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(penalty, relative FLOPs error, relative params excess) of the soft widths."""
-        widths = self.gates.expected_widths(masks)
+        widths = self.gates.expected_width(masks)
         rho = self.budget.search.rho
         r = self.flops_model.flops(widths) / self.flops_target - 1
         penalty = self.lam * r + rho / 2 * r**2
@@ -222,7 +222,7 @@ class Searcher:
             bar.update(1)
             if progress and i % 20 == 0:
                 with torch.no_grad():
-                    ratio = float(self.flops_model.flops(self.gates.expected_widths())) / self.flops_target
+                    ratio = float(self.flops_model.flops(self.gates.expected_width())) / self.flops_target
                 bar.set_postfix(loss=f"{s.loss:.3f}", T=f"{t:.3g}", flops=f"{ratio:.3f}", lam=f"{self.lam:.2f}")
         bar.close()
         seen, vseen = max(totals["seen"], 1), max(totals["val_seen"], 1)

@@ -55,6 +55,16 @@ def test_allocation_mean_and_gradients_match_finite_differences(temperature):
     assert naive.sum().item() != pytest.approx(0.35 * 24, abs=1e-3)
 
 
+def test_hard_mask_agrees_with_soft_masks_at_low_temperature():
+    _, graph = _graph("resnet8")
+    groups = [g for g in graph.groups if g.prunable]
+    gates = ChannelGates(groups, "dais+dsa", [torch.randn(g.size) for g in groups], keep=0.4, temperature=1e-3)
+    for soft, hard, group in zip(gates(), gates.hard_mask(), groups, strict=True):
+        assert torch.equal(soft > 0.5, hard)
+        assert int(hard.sum()) == round(0.4 * group.size)
+    assert torch.allclose(gates.expected_width(), torch.tensor([0.4 * g.size for g in groups]), atol=1e-3)
+
+
 def test_low_temperature_allocation_is_top_k():
     scores = torch.tensor([3.0, -1.0, 2.0, 0.5, -2.0, 1.0])
     masks = allocate(scores, torch.tensor(0.5), 0.01)
