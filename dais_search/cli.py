@@ -28,7 +28,7 @@ from .flops import count_flops, count_params, flops_breakdown
 from .loops import cosine_schedule, evaluate, make_sgd, train_one_epoch
 from .models import create_model, describe, input_size, list_models
 from .plan import ChannelPlan
-from .report import format_table, human
+from .report import format_table, human, library_versions
 
 __all__ = ["main"]
 
@@ -338,7 +338,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             scheduler=scheduler.state_dict(),
             history=history,
             args=vars(args),
-            versions=_versions(),
+            versions=library_versions(),
         )
 
     # The test split is read once, for the final figure only (BENCH.md).
@@ -362,19 +362,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(format_table(rows, ["model", "data", "epochs", "test top-1 %", "top-5 %", "FLOPs", "params", "train s"]))
     print(f"checkpoint: {args.out}")
     return 0
-
-
-def _versions() -> dict[str, str]:
-    import numpy
-    import torchvision
-
-    return {
-        "dais_search": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": numpy.__version__,
-        "python": sys.version.split()[0],
-    }
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import __version__
 from .baselines import uniform_plan
 from .budget import Budget
 from .checkpoint import atomic_torch_save, load_checkpoint, load_state_dict_strict, save_checkpoint
@@ -32,20 +31,12 @@ from .errors import UserError
 from .loops import evaluate, make_sgd
 from .models import create_model, input_size
 from .monitor import MetricWriter, indicator_heatmap
-from .report import format_table
+from .report import format_table, library_versions
 from .search import Searcher, recalibrate_bn
 
 __all__ = ["run_search"]
 
 log = logging.getLogger("dais_search")
-
-
-def _versions() -> dict[str, str]:
-    import numpy
-    import torchvision
-
-    return {"dais_search": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": numpy.__version__, "python": sys.version.split()[0]}  # fmt: skip
 
 
 def _check_inputs(budget: Budget) -> None:
@@ -89,7 +80,7 @@ def run_search(budget: Budget, budget_path: str, out: str, resume: bool = False,
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         shutil.copyfile(budget_path, out_dir / "budget.toml")
-        config = {"budget": budget.to_dict(), "overrides": overrides or {}, "versions": _versions(),
+        config = {"budget": budget.to_dict(), "overrides": overrides or {}, "versions": library_versions(),
                   "command": " ".join(sys.argv), "device": device}  # fmt: skip
         (out_dir / "config.json").write_text(json.dumps(config, indent=1))
 

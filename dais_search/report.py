@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["format_table", "human"]
+__all__ = ["format_table", "human", "library_versions"]
 
 
 def human(n: float) -> str:
@@ -47,3 +47,22 @@ def format_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> st
         + "|"
     )
     return "\n".join([line(list(headers)), rule, *(line(r) for r in cells)])
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of what produced an output, recorded beside it."""
+    import sys
+
+    import numpy
+    import torch
+    import torchvision
+
+    from . import __version__
+
+    return {
+        "dais_search": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "python": sys.version.split()[0],
+    }
