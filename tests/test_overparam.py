@@ -32,6 +32,7 @@ def test_expanded_conv_equals_the_conv_at_init_and_folds_back(spec, ratio):
     block = ExpandedConv2d(conv, ratio)
     x = torch.randn(2, cin, 11, 13)
     torch.testing.assert_close(block(x), conv(x), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(block.forward_chain(x), conv(x), rtol=1e-4, atol=1e-4)
     folded = block.fold()
     assert folded.weight.shape == conv.weight.shape and folded.stride == conv.stride
     torch.testing.assert_close(folded(x), block(x), rtol=1e-4, atol=1e-4)
@@ -42,7 +43,7 @@ def test_expanded_conv_equals_the_conv_at_init_and_folds_back(spec, ratio):
 
 def test_every_expanded_parameter_receives_gradient():
     block = ExpandedConv2d(nn.Conv2d(4, 6, 3, padding=1), ratio=4)
-    block(torch.randn(3, 4, 8, 8)).square().sum().backward()
+    block.forward_chain(torch.randn(3, 4, 8, 8)).square().sum().backward()
     for name, p in block.named_parameters():
         assert p.grad is not None, name
         # Every output filter and every input slice trains: no frozen width (unlike identity + zeros).
@@ -50,6 +51,19 @@ def test_every_expanded_parameter_receives_gradient():
         assert (flat.abs().sum(1) > 0).all(), f"{name}: some rows get no gradient"
         if p.grad.dim() > 1:
             assert (flat.abs().sum(0) > 0).all(), f"{name}: some columns get no gradient"
+
+
+def test_composed_forward_gives_the_chain_s_gradients():
+    block = ExpandedConv2d(nn.Conv2d(3, 5, 3, stride=2, padding=1, bias=True), ratio=3)
+    x = torch.randn(2, 3, 9, 9)
+    target = torch.randn(2, 5, 5, 5)
+    grads = []
+    for forward in (block.forward, block.forward_chain):
+        block.zero_grad()
+        (forward(x) - target).square().sum().backward()
+        grads.append([p.grad.clone() for p in block.parameters()])
+    for composed, chained in zip(*grads, strict=True):
+        torch.testing.assert_close(composed, chained, rtol=1e-4, atol=1e-5)
 
 
 def test_identity_plus_zeros_init_would_freeze_the_extra_width():
@@ -64,7 +78,7 @@ def test_identity_plus_zeros_init_would_freeze_the_extra_width():
         block.b.weight[:6, :4] = conv.weight
         block.c.weight[:, :6, 0, 0] = torch.eye(6)
         torch.testing.assert_close(block(x), conv(x), rtol=1e-4, atol=1e-4)  # exact too...
-    block(x).square().sum().backward()
+    block.forward_chain(x).square().sum().backward()
     assert block.a.weight.grad[4:].abs().sum() == 0  # ...but the added width never trains
     assert block.c.weight.grad[:, 6:].abs().sum() == 0
 
