@@ -1,0 +1,124 @@
+"""Distillation from the frozen dense teacher: similarity-preserving KD (SP-KD) and logit KD.
+
+SP-KD (Tung & Mori, ICCV 2019; RepDistiller's ``SP.py``): for a batch of b examples and matched
+feature maps, ``G = row_normalise(F F^T)`` with ``F`` the (b, -1) flattened map, and
+``L = ||G_s - G_t||_F^2 / b^2``. It compares b x b similarity matrices, so the student's maps may
+have fewer channels than the teacher's: it suits a pruned student and its dense teacher.
+Layers are matched by module path, which pruning keeps.
+
+Example:
+    >>> task = DistillTask(student, teacher, layers="auto", sp_weight=3000.0)
+    >>> out = task(x, y)
+    >>> out["loss"].backward()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["DistillTask", "auto_layers", "logit_kd_loss", "sp_loss"]
+
+
+def sp_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Similarity-preserving loss between two feature maps of the same batch."""
+    b = student.shape[0]
+    g_s = F.normalize(student.reshape(b, -1) @ student.reshape(b, -1).t(), dim=1)
+    g_t = F.normalize(teacher.reshape(b, -1) @ teacher.reshape(b, -1).t(), dim=1)
+    return (g_s - g_t).pow(2).sum() / (b * b)
+
+
+def logit_kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's KD: ``T^2 * KL(softmax(t / T) || softmax(s / T))``, batch mean (the T^2 keeps
+    gradient sizes comparable across temperatures)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), reduction="batchmean",
+                    log_target=True) * t * t  # fmt: skip
+
+
+def auto_layers(model: nn.Module) -> list[str]:
+    """Block outputs: the composite children of the model's top-level ``nn.Sequential`` stages
+    (ResNet blocks, MobileNet inverted residuals); a stage of plain layers (VGG's ``features``)
+    is matched at its own output."""
+    names = []
+    for name, child in model.named_children():
+        if not isinstance(child, nn.Sequential):
+            continue
+        blocks = [f"{name}.{n}" for n, c in child.named_children() if any(True for _ in c.children())]
+        names += blocks or [name]
+    return names
+
+
+class DistillTask(nn.Module):
+    """Student loss = cross-entropy + ``sp_weight`` x SP-KD at matched layers + ``logit_weight`` x logit KD.
+
+    The teacher is kept in eval mode with no gradients whatever mode the task is put in.
+
+    Args:
+        student: the model being fine-tuned (e.g. the expanded pruned model).
+        teacher: the dense model.
+        layers: module paths present in both, or ``"auto"`` (:func:`auto_layers` of the teacher).
+        sp_weight: weight of the SP-KD term (3000 in the SP paper and RepDistiller); 0 turns it off.
+        logit_weight: weight of logit KD; 0 turns it off.
+        temperature: logit KD temperature.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        layers: Sequence[str] | str = "auto",
+        sp_weight: float = 3000.0,
+        logit_weight: float = 0.0,
+        temperature: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = [teacher.eval().requires_grad_(False)]  # a list: not a submodule, not in state_dict
+        self.sp_weight, self.logit_weight, self.temperature = sp_weight, logit_weight, temperature
+        self.layers = list(auto_layers(teacher) if layers == "auto" else layers) if sp_weight else []
+        student_names = dict(student.named_modules())
+        teacher_names = dict(teacher.named_modules())
+        missing = [n for n in self.layers if n not in student_names or n not in teacher_names]
+        if missing:
+            raise ValueError(f"distillation layers not found in both models: {', '.join(missing[:5])}")
+        self._features: dict[str, dict[str, torch.Tensor]] = {"s": {}, "t": {}}
+        self._handles = [
+            names[name].register_forward_hook(self._hook(side, name))
+            for side, names in (("s", student_names), ("t", teacher_names))
+            for name in self.layers
+        ]
+
+    def remove_hooks(self) -> None:
+        """Detaches the feature hooks from both models (call when done distilling)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _hook(self, side: str, name: str):
+        def store(module, inputs, output):
+            self._features[side][name] = output
+
+        return store
+
+    def train(self, mode: bool = True) -> DistillTask:
+        self.student.train(mode)
+        self.teacher[0].eval()
+        return self
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        output = self.student(x)
+        task_loss = F.cross_entropy(output, y)
+        kd_loss = output.new_zeros(())
+        if self.sp_weight or self.logit_weight:
+            with torch.no_grad():
+                teacher_out = self.teacher[0](x)
+            if self.sp_weight:
+                sp = sum(sp_loss(self._features["s"][n], self._features["t"][n]) for n in self.layers)
+                kd_loss = kd_loss + self.sp_weight * sp
+            if self.logit_weight:
+                kd_loss = kd_loss + self.logit_weight * logit_kd_loss(output, teacher_out, self.temperature)
+        return {"loss": task_loss + kd_loss, "output": output, "task_loss": task_loss, "kd_loss": kd_loss}
