@@ -407,6 +407,82 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# finetune
+
+
+def finetune_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        "dais-search finetune",
+        add_help=add_help,
+        description="Fine-tune the model a plan prunes to (BENCH.md schedule), with linear over-parameterisation "
+        "and distillation from the dense teacher; fold, check, and export TorchScript + state dict + plan.",
+    )
+    p.add_argument("--plan", required=True, help="plan.json from dais-search search")
+    p.add_argument("--checkpoint", required=True, help="the dense model's weights (the teacher)")
+    p.add_argument("--student", help="pruned weights to start from (default: pruned.pt beside the plan, if any)")
+    p.add_argument("--model", help="architecture (default: the plan's meta.model)")
+    p.add_argument("--out", required=True, help="output folder of the exported bundle")
+    p.add_argument("--epochs", type=int, default=5, help="fine-tune epochs (default: 5)")
+    p.add_argument("--lr", type=float, default=0.01, help="initial learning rate, cosine to 0 (default: 0.01)")
+    p.add_argument("--overparam", type=int, default=4, help="expansion ratio r of every layer; 0 = off (default: 4)")
+    p.add_argument("--kd", choices=["sp", "logit", "sp+logit", "none"], default="sp", help="distillation (default: sp)")
+    p.add_argument("--sp-weight", type=float, default=3000.0, help="SP-KD weight (default: 3000)")
+    p.add_argument("--logit-weight", type=float, default=1.0, help="logit-KD weight (default: 1)")
+    p.add_argument("--temperature", type=float, default=4.0, help="logit-KD temperature (default: 4)")
+    p.add_argument("--max-steps", type=int, default=0, help="stop each epoch after this many batches (0: all)")
+    p.add_argument("--seed", type=int, default=0, help="seeds expansion, shuffling and augmentation")
+    _add_data_args(p)
+    _add_run_args(p)
+    return p
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .finetune import FinetuneConfig, export, finetune
+
+    check_data_spec(args.data)
+    plan = ChannelPlan.load(args.plan)
+    name = args.model or plan.meta.get("model")
+    if not name:
+        raise UserError("the plan does not name its model; pass --model NAME")
+    _check_model_name(name)
+    try:
+        config = FinetuneConfig(args.epochs, args.lr, overparam=args.overparam, kd=args.kd, sp_weight=args.sp_weight,
+                                logit_weight=args.logit_weight, temperature=args.temperature,
+                                max_steps=args.max_steps, seed=args.seed)  # fmt: skip
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    device = _device(args.device)
+    ckpt = load_checkpoint(args.checkpoint)
+    teacher, name = model_from_checkpoint(ckpt, name, plan.meta.get("num_classes"))
+    student = plan.apply(teacher)  # checks the plan fits the teacher's architecture
+    student_path = args.student or str(Path(args.plan).with_name("pruned.pt"))
+    if args.student or os.path.isfile(student_path):
+        load_state_dict_strict(student, load_checkpoint(student_path)["state_dict"], f"student {student_path!r}")
+    normalize = args.normalize or ckpt.get("normalize") or DEFAULT_NORMALIZE
+    splits = load_dataset(args.data, args.data_dir, args.download)
+    teacher.to(device).eval()
+    student.to(device)
+    image = plan.input_shape[-1]
+    train = make_loader(splits.train, args.batch_size, True, normalize, args.seed, args.workers, image, True)
+    test = make_loader(splits.test, 256, False, normalize, workers=args.workers, image_size=image)
+    folded, metrics = finetune(student, teacher, train, test, plan, config, not args.no_progress)
+    budget = Path(args.plan).with_name("budget.toml")
+    num_classes = plan.meta.get("num_classes") or splits.num_classes
+    out = export(
+        folded, plan, metrics, args.out, name, num_classes, normalize, str(budget) if budget.is_file() else None
+    )
+    rows = [
+        [h["epoch"], f"{h['loss']:.4f}", f"{h['kd_loss']:.4f}", f"{h['top1']:.2f}", f"{h['test_top1_folded']:.2f}",
+         f"{h['seconds']:.0f}"]
+        for h in metrics["history"]
+    ]  # fmt: skip
+    print(format_table(rows, ["epoch", "loss", "kd loss", "train top-1 %", "test top-1 % (folded)", "s"]))
+    print(f"folded: {metrics['flops']:,} FLOPs, {metrics['params']:,} params, test top-1 {metrics['test_top1']:.2f}%, "
+          f"fold error {metrics['fold_max_rel_error']:.1e}; bundle: {out}")  # fmt: skip
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
 # entry point
 
 COMMANDS = {
@@ -414,6 +490,7 @@ COMMANDS = {
     "eval": (eval_parser, cmd_eval),
     "train": (train_parser, cmd_train),
     "search": (search_parser, cmd_search),
+    "finetune": (finetune_parser, cmd_finetune),
 }
 
 
