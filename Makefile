@@ -19,13 +19,13 @@ $(STAMP): setup.cfg pyproject.toml
 setup: $(STAMP)
 
 # The main job on the embedded default: train a dense ResNet-20 on the offline shapes data, then
-# search it down to 50% FLOPs (budgets/quickstart.toml) and print dense vs pruned vs uniform L1.
+# search it down to 50% FLOPs, fine-tune with LOP + SP-KD, fold and export (budgets/quickstart.toml).
 demo: $(STAMP)
 	rm -rf runs/demo
 	$(VENV)/bin/dais-search train --model resnet20 --data shapes:6000 --epochs 4 --lr 0.1 --batch-size 128 \
 		--held-out 1000 --out runs/demo/resnet20_shapes.pt --no-progress
-	$(VENV)/bin/dais-search search budgets/quickstart.toml --checkpoint runs/demo/resnet20_shapes.pt \
-		--out runs/demo/search --no-progress
+	$(VENV)/bin/dais-search run budgets/quickstart.toml --checkpoint runs/demo/resnet20_shapes.pt \
+		--out runs/demo/run --no-progress
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check dais_search tests benchmarks

@@ -15,7 +15,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 
 import torch
 
@@ -24,26 +23,12 @@ from dais_search.baselines import uniform_plan
 from dais_search.flops import count_flops
 from dais_search.plan import ChannelPlan, random_plan
 from dais_search.report import format_table
+from dais_search.timing import interleaved_latency, median_ratio
 
 
 def uniform_l1_plan(model, shape, keep: float) -> ChannelPlan:
     """Same kept fraction in every prunable group, largest that meets ``keep`` x dense FLOPs."""
     return uniform_plan(model, shape, keep * count_flops(model, shape))
-
-
-@torch.no_grad()
-def latency(models: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int, warmup: int) -> dict[str, list[float]]:
-    for m in models.values():
-        m.eval()
-        for _ in range(warmup):
-            m(x)
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(repeats):
-        for name, m in models.items():  # interleaved: machine noise hits both alike
-            start = time.perf_counter()
-            m(x)
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -102,16 +87,16 @@ def main(argv: list[str] | None = None) -> dict:
     for b in args.batch:
         x = torch.randn(b, *shape[1:])
         x = x.contiguous(memory_format=torch.channels_last) if args.deploy else x
-        times = latency(timed, x, args.repeats, args.warmup)
+        times = interleaved_latency(timed, x, args.repeats, args.warmup)
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         # Median of per-round ratios: each round times both models back to back, so a slow spell
         # of this shared machine cancels out instead of landing on one side.
-        ratio = statistics.median(p / d for p, d in zip(times["pruned"], times["dense"], strict=True))
+        ratio = median_ratio(times, "pruned", "dense")
         result["batches"][b] = {"dense_ms": round(med["dense"], 3), "pruned_ms": round(med["pruned"], 3),
                                 "ratio": round(ratio, 4)}  # fmt: skip
         rows.append([b, f"{med['dense']:.2f}", f"{med['pruned']:.2f}", f"{ratio:.3f}"])
         if args.floor:
-            floor_ratio = statistics.median(f / d for f, d in zip(times["floor"], times["dense"], strict=True))
+            floor_ratio = median_ratio(times, "floor", "dense")
             result["batches"][b]["floor_ratio"] = round(floor_ratio, 4)
             rows[-1].append(f"{floor_ratio:.3f} at {floor.flops_ratio:.3f} FLOPs")
     print(f"{args.model}: pruned to {plan.flops:,} / {plan.dense_flops:,} FLOPs ({plan.flops_ratio:.4f})")

@@ -21,9 +21,10 @@ from typing import Any
 
 from .errors import UserError
 
-__all__ = ["Budget", "BudgetSpec", "DataSpec", "ModelSpec", "SearchSpec", "load_budget", "parse_budget"]
+__all__ = ["Budget", "BudgetSpec", "DataSpec", "FinetuneSpec", "ModelSpec", "SearchSpec", "load_budget", "parse_budget"]
 
 VERSION = 1
+SECTIONS = ("model", "data", "budget", "search", "finetune")
 MODES = ("dais", "dsa", "dais+dsa")
 SCHEDULES = ("exponential", "cosine")
 
@@ -75,6 +76,18 @@ class SearchSpec:
 
 
 @dataclass(frozen=True)
+class FinetuneSpec:
+    epochs: int = 5
+    lr: float = 0.01
+    overparam: int = 4  # expansion ratio r; 0: plain fine-tune
+    kd: str = "sp"  # sp, logit, sp+logit, none
+    sp_weight: float = 3000.0
+    logit_weight: float = 1.0
+    temperature: float = 4.0
+    max_steps: int = 0  # per epoch; 0: all training images
+
+
+@dataclass(frozen=True)
 class Budget:
     """A parsed budget file (see the module docstring)."""
 
@@ -82,6 +95,7 @@ class Budget:
     data: DataSpec = field(default_factory=DataSpec)
     budget: BudgetSpec = field(default_factory=BudgetSpec)
     search: SearchSpec = field(default_factory=SearchSpec)
+    finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
     source: str = ""
 
     def flops_target(self, dense_flops: int) -> float:
@@ -158,15 +172,19 @@ def parse_budget(raw: dict[str, Any], where: str = "budget") -> Budget:
     version = raw.pop("version", None)
     if version != VERSION:
         raise UserError(f"{where}: version = {version!r}; this dais_search reads budget files with version = {VERSION}")
-    unknown = sorted(set(raw) - {"model", "data", "budget", "search"})
+    unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
-        raise UserError(
-            f"{where}: unknown table or key {unknown[0]!r}; allowed: version, [model], [data], [budget], [search]"
-        )
+        allowed = ", ".join(f"[{s}]" for s in SECTIONS)
+        raise UserError(f"{where}: unknown table or key {unknown[0]!r}; allowed: version, {allowed}")
     model = _section(ModelSpec, raw.get("model", {}), "model", where)
     data = _section(DataSpec, raw.get("data", {}), "data", where)
     budget = _section(BudgetSpec, raw.get("budget", {}), "budget", where)
     search = _section(SearchSpec, raw.get("search", {}), "search", where)
+    finetune = _section(FinetuneSpec, raw.get("finetune", {}), "finetune", where)
+    if finetune.kd not in ("sp", "logit", "sp+logit", "none"):
+        raise UserError(f"{where}: finetune.kd = {finetune.kd!r}; choose sp, logit, sp+logit or none")
+    if finetune.epochs < 1 or finetune.lr <= 0 or finetune.overparam < 0:
+        raise UserError(f"{where}: need finetune.epochs >= 1, finetune.lr > 0 and finetune.overparam >= 0")
     if not model.name:
         raise UserError(f'{where}: model.name is required (a registry name such as "resnet56" or "tv:resnet50")')
     budget = dataclasses.replace(
@@ -196,7 +214,7 @@ def parse_budget(raw: dict[str, Any], where: str = "budget") -> Budget:
         raise UserError(f"{where}: data.batch_size and data.held_out must be at least 1")
     if budget.min_keep < 1:
         raise UserError(f"{where}: budget.min_keep must be at least 1")
-    return Budget(model, data, budget, search, where)
+    return Budget(model, data, budget, search, finetune, where)
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], where: str) -> dict[str, Any]:

@@ -407,6 +407,38 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# run
+
+
+def run_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = search_parser(add_help=False)
+    parser = argparse.ArgumentParser(
+        "dais-search run",
+        add_help=add_help,
+        parents=[p],
+        description="The main job: search -> prune -> over-parameterised fine-tune with distillation -> fold -> "
+        "export, resumable per stage (--resume); prints dense vs pruned accuracy, FLOPs, params and CPU latency. "
+        "Fine-tune settings come from the budget's [finetune] table (--set finetune.overparam=2 ...).",
+    )
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .budget import load_budget, parse_override
+    from .pipeline import run_pipeline
+
+    overrides = dict(parse_override(text) for text in args.set)
+    if args.epochs is not None:
+        overrides["search.epochs"] = args.epochs
+    if args.checkpoint is not None:
+        overrides["model.checkpoint"] = args.checkpoint
+    budget = load_budget(args.budget, overrides)
+    out = args.out or os.path.join("runs", Path(args.budget).stem)
+    run_pipeline(budget, args.budget, out, args.resume, str(_device(args.device)), not args.no_progress, overrides)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
 # finetune
 
 
@@ -491,6 +523,7 @@ COMMANDS = {
     "train": (train_parser, cmd_train),
     "search": (search_parser, cmd_search),
     "finetune": (finetune_parser, cmd_finetune),
+    "run": (run_parser, cmd_run),
 }
 
 

@@ -16,6 +16,7 @@ import json
 import logging
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,10 @@ def export(folded: nn.Module, plan: ChannelPlan, metrics: dict[str, Any], out: s
     out.mkdir(parents=True, exist_ok=True)
     folded = folded.eval()
     example = torch.zeros(plan.input_shape, device=next(folded.parameters()).device)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch 2.14 marks TorchScript deprecated; it is still the format plain torch.jit.load reads
+        # with no Python source of the model, which is what a deployable bundle needs here.
+        warnings.simplefilter("ignore", FutureWarning)
         scripted = torch.jit.trace(folded, example)
     tmp = out / ".model.ts.tmp"
     scripted.save(str(tmp))

@@ -1,4 +1,5 @@
-"""The search stage end to end: budget file in, ``OUT/plan.json`` and the pruned model out.
+"""The stages end to end: :func:`run_search` (budget file in, ``OUT/plan.json`` and the pruned model
+out) and :func:`run_pipeline`, the main job (search, fine-tune, fold, export, report).
 
 Everything needed to reproduce a run is written next to its outputs::
 
@@ -11,6 +12,7 @@ Everything needed to reproduce a run is written next to its outputs::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -34,7 +36,7 @@ from .monitor import MetricWriter, indicator_heatmap
 from .report import format_table, library_versions
 from .search import Searcher, recalibrate_bn
 
-__all__ = ["run_search"]
+__all__ = ["run_pipeline", "run_search"]
 
 log = logging.getLogger("dais_search")
 
@@ -211,3 +213,80 @@ def run_search(budget: Budget, budget_path: str, out: str, resume: bool = False,
           f"({metrics['dense_epoch_seconds']:.0f} s, from timed steps)")  # fmt: skip
     print(f"plan: {out_dir / 'plan.json'}   (dais-search flops --plan {out_dir / 'plan.json'})")
     return metrics
+
+
+def run_pipeline(budget: Budget, budget_path: str, out: str, resume: bool = False, device: str = "cpu",
+                 progress: bool = True, overrides: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The main job: search -> prune -> LOP + distillation fine-tune -> fold -> export.
+
+    Resumable per stage with ``resume``: a finished search (``plan.json``) or fine-tune
+    (``bundle/metrics.json``) is not run again, an interrupted search continues from its state.
+    Writes ``OUT/summary.json`` and prints dense vs pruned accuracy, FLOPs, params and latency.
+    """
+    from .finetune import FinetuneConfig, export, finetune
+    from .plan import ChannelPlan
+    from .timing import interleaved_latency
+
+    _check_inputs(budget)
+    out_dir = Path(out)
+    if not resume and out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"{out_dir} is not empty; pass --resume to continue its stages or choose another --out")
+    if resume and (out_dir / "plan.json").is_file() and (out_dir / "metrics.json").is_file():
+        log.info("search: done already (%s)", out_dir / "plan.json")
+        search_metrics = json.loads((out_dir / "metrics.json").read_text())
+    else:
+        search_metrics = run_search(budget, budget_path, out, resume and (out_dir / "state.pt").is_file(), device,
+                                    progress, overrides)  # fmt: skip
+
+    plan = ChannelPlan.load(out_dir / "plan.json")
+    dspec, fspec = budget.data, budget.finetune
+    splits = load_dataset(dspec.dataset, dspec.data_dir)
+    num_classes = plan.meta.get("num_classes") or splits.num_classes
+    teacher = create_model(budget.model.name, num_classes=num_classes)
+    if budget.model.checkpoint:
+        load_state_dict_strict(teacher, load_checkpoint(budget.model.checkpoint)["state_dict"],
+                               f"checkpoint {budget.model.checkpoint!r}")  # fmt: skip
+    teacher.to(device).eval()
+    student = plan.apply(teacher)
+    load_state_dict_strict(student, load_checkpoint(out_dir / "pruned.pt")["state_dict"], "pruned model")
+    image = plan.input_shape[-1]
+    test_loader = make_loader(splits.test, 256, False, dspec.normalize, workers=dspec.workers, image_size=image)
+    bundle = out_dir / "bundle"
+    if resume and (bundle / "metrics.json").is_file():
+        log.info("fine-tune: done already (%s)", bundle)
+        ft_metrics = json.loads((bundle / "metrics.json").read_text())
+    else:
+        # BENCH.md: fine-tuning uses all training images, with the search's batch size and seed.
+        train_loader = make_loader(splits.train, dspec.batch_size, True, dspec.normalize, budget.search.seed,
+                                   dspec.workers, image, True)  # fmt: skip
+        config = FinetuneConfig(**dataclasses.asdict(fspec), seed=budget.search.seed)
+        folded, ft_metrics = finetune(student, teacher, train_loader, test_loader, plan, config, progress)
+        export(folded, plan, ft_metrics, bundle, budget.model.name, num_classes, dspec.normalize, budget_path)
+    deployed = plan.apply(teacher)
+    deployed.load_state_dict(load_checkpoint(bundle / "model.pt")["state_dict"])
+    deployed.eval()
+
+    latency = {}
+    for batch in (1, dspec.batch_size):
+        times = interleaved_latency({"dense": teacher, "pruned": deployed},
+                                    torch.randn(batch, *plan.input_shape[1:], device=device), 20, 5)  # fmt: skip
+        latency[batch] = {k: 1e3 * sorted(v)[len(v) // 2] for k, v in times.items()}
+    summary = {
+        "budget": str(budget_path),
+        "dense": {"test_top1": search_metrics["dense_test_top1"], "flops": plan.dense_flops,
+                  "params": plan.dense_params, "latency_ms": {b: v["dense"] for b, v in latency.items()}},
+        "pruned": {"test_top1": ft_metrics["test_top1"], "flops": plan.flops, "params": plan.params,
+                   "latency_ms": {b: v["pruned"] for b, v in latency.items()},
+                   "test_top1_before_finetune": search_metrics["pruned_test_top1"]},
+        "flops_over_target": search_metrics["flops_over_target"],
+    }  # fmt: skip
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    b1, bn = 1, dspec.batch_size
+    rows = [
+        [name, f"{s['test_top1']:.2f}", f"{s['flops']:,}", f"{s['params']:,}", f"{s['latency_ms'][b1]:.2f}",
+         f"{s['latency_ms'][bn]:.1f}"]
+        for name, s in (("dense", summary["dense"]), ("pruned (fine-tuned, folded)", summary["pruned"]))
+    ]  # fmt: skip
+    print(format_table(rows, ["model", "test top-1 %", "FLOPs", "params", "CPU ms (batch 1)", f"CPU ms (batch {bn})"]))
+    print(f"exported: {bundle}/model.ts (TorchScript), {bundle}/model.pt, {bundle}/plan.json")
+    return summary

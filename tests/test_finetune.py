@@ -73,3 +73,28 @@ def test_finetune_refuses_a_plan_for_another_model(tmp_path, capsys):
             "--data", "shapes:120", "--out", str(tmp_path / "b")]  # fmt: skip
     assert main(argv) == 2
     assert "does not fit" in capsys.readouterr().err
+
+
+def test_run_command_chains_the_stages_and_resumes(tmp_path, capsys):
+    budget = tmp_path / "b.toml"
+    budget.write_text(
+        'version = 1\n[model]\nname = "resnet8"\n[data]\ndataset = "shapes:200"\nheld_out = 40\nbatch_size = 16\n'
+        '[budget]\nflops = "50%"\n[search]\nepochs = 1\nmax_steps = 4\ngate_every = 2\nrecalibrate_batches = 2\n'
+        '[finetune]\nepochs = 1\nmax_steps = 3\noverparam = 2\nkd = "sp+logit"\n'
+    )
+    out = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["run", str(budget), "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "pruned (fine-tuned, folded)" in text and "CPU ms (batch 1)" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pruned"]["flops"] <= 0.5 * summary["dense"]["flops"]
+    assert (out / "bundle" / "model.ts").is_file() and (out / "bundle" / "budget.toml").is_file()
+    stamp = (out / "bundle" / "model.pt").stat().st_mtime_ns
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["run", str(budget), "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert (out / "bundle" / "model.pt").stat().st_mtime_ns == stamp  # finished stages are not redone
+    assert main(["run", str(budget), "--out", str(out), "--no-progress"]) == 2
+    assert "not empty" in capsys.readouterr().err
