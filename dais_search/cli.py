@@ -391,9 +391,9 @@ def search_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def cmd_search(args: argparse.Namespace) -> int:
+def _budget_job(args: argparse.Namespace, job) -> int:
+    """Loads the budget with the command line's overrides and runs ``job`` (search or the main job)."""
     from .budget import load_budget, parse_override
-    from .pipeline import run_search
 
     overrides = dict(parse_override(text) for text in args.set)
     if args.epochs is not None:
@@ -402,8 +402,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         overrides["model.checkpoint"] = args.checkpoint
     budget = load_budget(args.budget, overrides)
     out = args.out or os.path.join("runs", Path(args.budget).stem)
-    run_search(budget, args.budget, out, args.resume, str(_device(args.device)), not args.no_progress, overrides)
+    job(budget, args.budget, out, args.resume, str(_device(args.device)), not args.no_progress, overrides)
     return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .pipeline import run_search
+
+    return _budget_job(args, run_search)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -424,18 +430,9 @@ def run_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .budget import load_budget, parse_override
     from .pipeline import run_pipeline
 
-    overrides = dict(parse_override(text) for text in args.set)
-    if args.epochs is not None:
-        overrides["search.epochs"] = args.epochs
-    if args.checkpoint is not None:
-        overrides["model.checkpoint"] = args.checkpoint
-    budget = load_budget(args.budget, overrides)
-    out = args.out or os.path.join("runs", Path(args.budget).stem)
-    run_pipeline(budget, args.budget, out, args.resume, str(_device(args.device)), not args.no_progress, overrides)
-    return 0
+    return _budget_job(args, run_pipeline)
 
 
 # ----------------------------------------------------------------------------------------------
