@@ -75,6 +75,7 @@ class ChannelGates(nn.Module):
         self.theta = nn.Parameter(torch.full((len(groups),), float(logit)))
         self.register_buffer("temperature", torch.tensor(float(temperature)))
         self.sizes = [g.size for g in groups]
+        self.fixed_masks: list[torch.Tensor] | None = None  # set by the searcher to reuse one step's masks
 
     def keep_ratios(self) -> torch.Tensor:
         """DSA keep ratio of every group (``sigmoid(theta)``)."""
@@ -82,6 +83,8 @@ class ChannelGates(nn.Module):
 
     def forward(self) -> list[torch.Tensor]:
         """Soft masks, one (size,) tensor per group."""
+        if self.fixed_masks is not None:
+            return self.fixed_masks
         t = float(self.temperature)
         if self.mode == "dais":
             return [torch.sigmoid(a / t) for a in self.alpha]

@@ -174,13 +174,12 @@ class Searcher:
                 "val_seen": len(y), "flops_ratio": float(r.detach()) + 1}  # fmt: skip
 
     def _forward_with(self, x: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
-        # The gates module computes masks inside the forward; reuse the ones the penalty uses.
-        original = self.gates.forward
-        self.gates.forward = lambda: masks
+        # The penalty and the forward pass must use the same masks (one allocation solve per step).
+        self.gates.fixed_masks = masks
         try:
             return self.gated(x)
         finally:
-            self.gates.forward = original
+            self.gates.fixed_masks = None
 
     # -- an epoch -------------------------------------------------------------------------------
     def run_epoch(self, epoch: int, train_loader: Iterable, val_loader: Iterable, gate_every: int,
