@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import operator
 import warnings
 from collections import defaultdict
@@ -467,6 +468,22 @@ _OPAQUE = object()
 # Rules for functions and methods. Each returns the output info, or _OPAQUE.
 
 
+def _on_tracked(rule):
+    """For rules of ops on one tensor ``args[0]`` with a tensor result: anything else is opaque,
+    and an input without tracked channels gives an output without them; ``rule`` sees the rest."""
+
+    @functools.wraps(rule)
+    def wrapped(w: _Walker, node, args, kwargs, shape):
+        x = args[0] if args else None
+        if not isinstance(x, TensorInfo) or not isinstance(shape, tuple):
+            return _OPAQUE
+        if x.cdim is None:
+            return w.tk.untracked(shape)
+        return rule(w, node, args, kwargs, shape)
+
+    return wrapped
+
+
 def _arg(args: list, kwargs: dict, i: int, name: str, default: Any = None) -> Any:
     return args[i] if len(args) > i else kwargs.get(name, default)
 
@@ -551,14 +568,11 @@ def _flatten(w: _Walker, node, args, kwargs, shape):
     return _OPAQUE if out is None else out
 
 
+@_on_tracked
 def _reshape(w: _Walker, node, args, kwargs, shape):
     """view/reshape: allowed when the channel axis stays whole (or absorbs the dims after it, as a
     flatten) and its new size is computed at run time (-1 or from x.size()), not a constant."""
     x = args[0]
-    if not isinstance(x, TensorInfo) or not isinstance(shape, tuple):
-        return _OPAQUE
-    if x.cdim is None:
-        return w.tk.untracked(shape)
     sizes = (
         node.args[1:] if node.op == "call_method" else (node.args[1] if len(node.args) > 1 else node.kwargs["shape"])
     )
@@ -583,35 +597,26 @@ def _reshape(w: _Walker, node, args, kwargs, shape):
     return _OPAQUE
 
 
+@_on_tracked
 def _permute(w: _Walker, node, args, kwargs, shape):
     x = args[0]
-    if not isinstance(x, TensorInfo) or not isinstance(shape, tuple):
-        return _OPAQUE
     dims = list(_flat(args[1:])) if len(args) > 1 else list(kwargs["dims"])
-    if x.cdim is None:
-        return w.tk.untracked(shape)
     dims = [d % len(x.shape) for d in dims]
     return w.tk.tensor(dims.index(x.cdim), x.atoms, shape)
 
 
+@_on_tracked
 def _transpose(w: _Walker, node, args, kwargs, shape):
     x = args[0]
-    if not isinstance(x, TensorInfo) or not isinstance(shape, tuple):
-        return _OPAQUE
-    if x.cdim is None:
-        return w.tk.untracked(shape)
     a, b = (_arg(args, kwargs, 1, "dim0") % len(x.shape), _arg(args, kwargs, 2, "dim1") % len(x.shape))
     cdim = b if x.cdim == a else a if x.cdim == b else x.cdim
     return w.tk.tensor(cdim, x.atoms, shape)
 
 
+@_on_tracked
 def _reduce(w: _Walker, node, args, kwargs, shape):
     """mean/sum/amax over dims other than the channels."""
     x = args[0]
-    if not isinstance(x, TensorInfo) or not isinstance(shape, tuple):
-        return _OPAQUE
-    if x.cdim is None:
-        return w.tk.untracked(shape)
     dims = _arg(args, kwargs, 1, "dim")
     if dims is None:
         return _OPAQUE
@@ -624,12 +629,9 @@ def _reduce(w: _Walker, node, args, kwargs, shape):
 
 
 def _spatial(n: int):
+    @_on_tracked
     def rule(w: _Walker, node, args, kwargs, shape):
         x = args[0]
-        if not isinstance(x, TensorInfo) or not isinstance(shape, tuple):
-            return _OPAQUE
-        if x.cdim is None:
-            return w.tk.untracked(shape)
         if x.cdim >= len(x.shape) - n:
             return _OPAQUE
         return w.tk.tensor(x.cdim, x.atoms, shape)
@@ -637,46 +639,34 @@ def _spatial(n: int):
     return rule
 
 
+@_on_tracked
 def _interpolate(w: _Walker, node, args, kwargs, shape):
     """Resizing acts on the dims after the first two (N, C, *spatial)."""
     x = args[0]
-    if not isinstance(x, TensorInfo) or not isinstance(shape, tuple):
-        return _OPAQUE
-    if x.cdim is None:
-        return w.tk.untracked(shape)
     if x.cdim != 1 or shape[1] != x.shape[1]:
         return _OPAQUE
     return w.tk.tensor(1, x.atoms, shape)
 
 
+@_on_tracked
 def _pad(w: _Walker, node, args, kwargs, shape):
     x, pad = args[0], _arg(args, kwargs, 1, "pad")
-    if not isinstance(x, TensorInfo) or not isinstance(shape, tuple):
-        return _OPAQUE
-    if x.cdim is None:
-        return w.tk.untracked(shape)
     padded = [len(x.shape) - 1 - i for i in range(len(pad) // 2) if pad[2 * i] or pad[2 * i + 1]]
     if x.cdim in padded:
         return _OPAQUE  # channel padding: a constant that would be wrong after pruning
     return w.tk.tensor(x.cdim, x.atoms, shape)
 
 
+@_on_tracked
 def _softmax(w: _Walker, node, args, kwargs, shape):
     x = args[0]
-    if not isinstance(x, TensorInfo):
-        return _OPAQUE
-    if x.cdim is None:
-        return w.tk.untracked(shape)
     dim = _arg(args, kwargs, 1, "dim")
     return _OPAQUE if dim is None or dim % len(x.shape) == x.cdim else x
 
 
+@_on_tracked
 def _layer_norm(w: _Walker, node, args, kwargs, shape):
     x, normalized = args[0], _arg(args, kwargs, 1, "normalized_shape")
-    if not isinstance(x, TensorInfo):
-        return _OPAQUE
-    if x.cdim is None:
-        return w.tk.untracked(shape)
     return _OPAQUE if x.cdim >= len(x.shape) - len(normalized) else x
 
 
