@@ -67,3 +67,31 @@ def test_distill_task_on_a_pruned_student():
     assert not any(m._forward_hooks for m in [*student.modules(), *teacher.modules()])
     with pytest.raises(ValueError, match="not found in both"):
         DistillTask(student, teacher, layers=["layer9.0"])
+
+
+def test_sp_term_is_the_mean_over_matched_layers():
+    """The weight means the same whatever the depth: weight x mean of the per-layer SP losses."""
+    torch.manual_seed(0)
+    teacher = create_model("resnet20").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        student = random_plan(teacher, (1, 3, 32, 32), keep=0.5, seed=1).apply(teacher).eval()
+    layers = ["layer1", "layer2.1", "layer3"]
+    x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    with torch.no_grad():
+        feats = {}
+        for side, model in (("s", student), ("t", teacher)):
+            captured = {}
+            handles = [model.get_submodule(n).register_forward_hook(
+                lambda m, i, o, n=n, captured=captured: captured.__setitem__(n, o)) for n in layers]  # fmt: skip
+            model(x)
+            for h in handles:
+                h.remove()
+            feats[side] = captured
+        per_layer = [float(sp_loss(feats["s"][n], feats["t"][n])) for n in layers]
+        task = DistillTask(student, teacher, layers=layers, sp_weight=100.0)
+        task.eval()
+        out = task(x, y)
+    assert min(per_layer) > 0 and max(per_layer) > 1.5 * min(per_layer)  # the layers differ: mean != any one
+    assert float(out["kd_loss"]) == pytest.approx(100.0 * sum(per_layer) / 3, rel=1e-5)
+    assert float(out["kd_loss"]) != pytest.approx(100.0 * sum(per_layer), rel=1e-2)  # not the sum
