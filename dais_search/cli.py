@@ -474,6 +474,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if not name:
         raise UserError("the plan does not name its model; pass --model NAME")
     _check_model_name(name)
+    target = plan.meta.get("target_flops")
+    if target is not None and plan.flops > target:
+        raise UserError(f"the plan has {plan.flops:,} FLOPs, over its own budget meta.target_flops = {target:,}; "
+                        "search again, or delete target_flops from the plan to fine-tune it anyway")  # fmt: skip
     try:
         config = FinetuneConfig(args.epochs, args.lr, overparam=args.overparam, kd=args.kd, sp_weight=args.sp_weight,
                                 logit_weight=args.logit_weight, temperature=args.temperature,

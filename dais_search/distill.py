@@ -6,10 +6,10 @@ feature maps, ``G = row_normalise(F F^T)`` with ``F`` the (b, -1) flattened map,
 have fewer channels than the teacher's: it suits a pruned student and its dense teacher.
 Layers are matched by module path, which pruning keeps. The SP term is the **mean** over the
 matched layers, so one weight means the same for ResNet-20 (9 block outputs) and ResNet-110 (54):
-a sum would multiply the distillation pressure by the depth (measured on ResNet-56 uniformly
-L1-pruned to 30% FLOPs from the shared teacher, one training batch: the 27 block terms at weight 3000 sum to 14.0 against a
-cross-entropy of 1.7; their mean is 0.52). 3000 is then the weight RepDistiller gives its one
-matched layer.
+a sum would multiply the distillation pressure by the depth. Measured on ResNet-56 uniformly
+L1-pruned to 30% FLOPs from the shared teacher, one training batch: the 27 block terms at
+weight 3000 sum to 14.0 against a cross-entropy of 1.7; their mean is 0.52. 3000 is then the
+weight RepDistiller gives its one matched layer.
 
 Example:
     >>> task = DistillTask(student, teacher, layers="auto", sp_weight=3000.0)

@@ -98,7 +98,8 @@ def finetune(
     """Fine-tunes ``student`` (the pruned model) and returns (the folded model, metrics).
 
     Every epoch evaluates a folded copy on ``test_loader`` (reported, never used for choices).
-    At the end asserts that the folded model equals the expanded one and has the plan's FLOPs.
+    At the end asserts that the folded model equals the expanded one and has the plan's FLOPs, within
+    the plan's budget (``meta.target_flops``, written by the search) when it names one.
     """
     torch.manual_seed(config.seed)
     pruned_flops = count_flops(student, plan.input_shape)
@@ -133,6 +134,9 @@ def finetune(
     flops = count_flops(folded, plan.input_shape)
     if flops != pruned_flops or flops != plan.flops:
         raise AssertionError(f"folded model has {flops} FLOPs, the plan {plan.flops}")
+    target = plan.meta.get("target_flops")
+    if target is not None and flops > target:
+        raise AssertionError(f"folded model has {flops} FLOPs, over the plan's budget of {target}")
     metrics = {
         "config": asdict(config),
         "history": history,

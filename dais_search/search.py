@@ -249,7 +249,8 @@ class Searcher:
         kept = repair(self.flops_model, kept, [m.detach().cpu() for m in masks], self.flops_target,
                       self.params_target, self.budget.budget.min_keep)  # fmt: skip
         return ChannelPlan.create(self.model, kept, self.input_shape, self.budget.budget.ignore, graph=self.graph,
-                                  meta={"method": f"dais_search:{self.budget.search.mode}"})  # fmt: skip
+                                  meta={"method": f"dais_search:{self.budget.search.mode}",
+                                        "target_flops": int(self.flops_target)})  # fmt: skip
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -23,7 +23,7 @@ def test_finetune_command_exports_a_folded_bundle(tmp_path, capsys, overparam, k
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         plan = random_plan(dense, (1, 3, 32, 32), keep=0.5, seed=0)
-    plan.meta.update(model="resnet8", num_classes=10)
+    plan.meta.update(model="resnet8", num_classes=10, target_flops=plan.flops)  # exactly on budget: accepted
     plan.save(tmp_path / "plan.json")
     out = tmp_path / "bundle"
     argv = ["finetune", "--plan", str(tmp_path / "plan.json"), "--checkpoint", str(tmp_path / "dense.pt"),
@@ -73,6 +73,20 @@ def test_finetune_refuses_a_plan_for_another_model(tmp_path, capsys):
             "--data", "shapes:120", "--out", str(tmp_path / "b")]  # fmt: skip
     assert main(argv) == 2
     assert "does not fit" in capsys.readouterr().err
+
+
+def test_finetune_refuses_a_plan_over_its_own_budget(tmp_path, capsys):
+    dense = create_model("resnet8")
+    save_checkpoint(tmp_path / "dense.pt", dense, "resnet8", 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = random_plan(dense, (1, 3, 32, 32), keep=0.5, seed=0)
+    argv = ["finetune", "--plan", str(tmp_path / "plan.json"), "--checkpoint", str(tmp_path / "dense.pt"),
+            "--data", "shapes:120", "--out", str(tmp_path / "b")]  # fmt: skip
+    plan.meta.update(model="resnet8", num_classes=10, target_flops=plan.flops - 1)
+    plan.save(tmp_path / "plan.json")
+    assert main(argv) == 2
+    assert "over its own budget" in capsys.readouterr().err and not (tmp_path / "b").exists()
 
 
 def test_run_command_chains_the_stages_and_resumes(tmp_path, capsys):

@@ -15,7 +15,7 @@ from dais_search.cli import main
 from dais_search.flops import FlopsModel
 from dais_search.gates import ChannelGates, attach_gates, temperature_at
 from dais_search.graph import trace_channels
-from dais_search.plan import random_plan
+from dais_search.plan import ChannelPlan, random_plan
 from dais_search.search import Searcher, repair
 
 
@@ -219,6 +219,8 @@ def test_search_command_writes_plan_logs_and_resumes(tmp_path, capsys):
     assert 0.99 <= metrics["flops_over_target"] <= 1.0
     dense = count_flops(create_model("resnet8"))
     assert metrics["flops"] <= 0.5 * dense
+    plan = ChannelPlan.load(out / "plan.json")  # carries its budget, which fine-tuning checks
+    assert plan.flops <= plan.meta["target_flops"] == int(metrics["target_flops"])
     events = EventAccumulator(str(out / "tb"), size_guidance={"images": 0, "histograms": 0, "tensors": 0}).Reload()
     scalars = set(events.Tags()["scalars"])
     assert set(REQUIRED_TAGS) <= scalars, set(REQUIRED_TAGS) - scalars
