@@ -34,7 +34,7 @@ from dais_search.plan import ChannelPlan
 from dais_search.report import format_table, library_versions
 
 
-def build_variants(student, teacher, ratio: int, sp_weight: float, chain: bool) -> dict:
+def build_variants(student, teacher, ratio: int, sp_weight: float, layers: str, chain: bool) -> dict:
     """name -> (DistillTask, optimizer), each on its own copy of the pruned student."""
     specs = {
         "vanilla": (0, 0.0),
@@ -45,14 +45,14 @@ def build_variants(student, teacher, ratio: int, sp_weight: float, chain: bool) 
     variants = {}
     for name, (r, sp) in specs.items():
         model = expand(student, r) if r else copy.deepcopy(student)
-        task = DistillTask(model, teacher, "auto", sp_weight=sp)
+        task = DistillTask(model, teacher, layers, sp_weight=sp)
         variants[name] = (task, make_sgd(model, 0.01, 0.9, 5e-4))
     if chain:
         model = expand(student, ratio)
         for module in model.modules():
             if hasattr(module, "forward_chain"):
                 module.forward = module.forward_chain
-        variants[f"LOP r={ratio}, chained convs"] = (DistillTask(model, teacher, "auto", 0.0), make_sgd(model, 0.01))
+        variants[f"LOP r={ratio}, chained convs"] = (DistillTask(model, teacher, layers, 0.0), make_sgd(model, 0.01))
     return variants
 
 
@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--keep", type=float, default=0.3, help="FLOPs to keep without --plan (default: 0.3)")
     p.add_argument("--ratio", type=int, default=4, help="LOP expansion ratio r (default: 4)")
     p.add_argument("--sp-weight", type=float, default=3000.0, help="SP-KD weight (default: 3000)")
+    p.add_argument(
+        "--kd-layers", default="stages", help="SP-KD layers: stages, blocks or module paths (default: stages)"
+    )
     p.add_argument("--batch", type=int, default=128, help="batch size (default: 128, BENCH.md)")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds (default: 5)")
     p.add_argument("--steps", type=int, default=8, help="steps per variant per round (default: 8)")
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     if plan is None:
         plan = uniform_plan(teacher, shape, args.keep * count_flops(teacher, shape))
     student = plan.apply(teacher)
-    variants = build_variants(student, teacher, args.ratio, args.sp_weight, args.chain)
+    variants = build_variants(student, teacher, args.ratio, args.sp_weight, args.kd_layers, args.chain)
 
     x = torch.randn(args.batch, *shape[1:])
     y = torch.randint(0, 10, (args.batch,))
@@ -124,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         "plan": args.plan,
         "checkpoint": args.checkpoint,
         "batch": args.batch,
+        "kd_layers": args.kd_layers,
         "threads": torch.get_num_threads(),
         "results": results,
         "versions": library_versions(),

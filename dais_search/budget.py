@@ -81,6 +81,7 @@ class FinetuneSpec:
     lr: float = 0.01
     overparam: int = 4  # expansion ratio r; 0: plain fine-tune
     kd: str = "sp"  # sp, logit, sp+logit, none
+    kd_layers: str = "stages"  # stages, blocks, or comma-separated module paths
     sp_weight: float = 3000.0
     logit_weight: float = 1.0
     temperature: float = 4.0
@@ -221,10 +222,8 @@ def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], where: str)
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")
-        if not key or section not in ("model", "data", "budget", "search"):
-            raise UserError(
-                f"override {dotted!r}: write SECTION.KEY=VALUE with SECTION one of model, data, budget, search"
-            )
+        if not key or section not in SECTIONS:
+            raise UserError(f"override {dotted!r}: write SECTION.KEY=VALUE with SECTION one of {', '.join(SECTIONS)}")
         raw.setdefault(section, {})[key] = value
     return raw
 

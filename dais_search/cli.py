@@ -455,7 +455,11 @@ def finetune_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.01, help="initial learning rate, cosine to 0 (default: 0.01)")
     p.add_argument("--overparam", type=int, default=4, help="expansion ratio r of every layer; 0 = off (default: 4)")
     p.add_argument("--kd", choices=["sp", "logit", "sp+logit", "none"], default="sp", help="distillation (default: sp)")
-    p.add_argument("--sp-weight", type=float, default=3000.0, help="SP-KD weight (default: 3000)")
+    p.add_argument("--kd-layers", default="stages",
+                   help="where SP-KD matches student and teacher: stages (end of each stage), blocks (every block "
+                   "output) or comma-separated module paths (default: stages)")  # fmt: skip
+    p.add_argument("--sp-weight", type=float, default=3000.0,
+                   help="SP-KD weight, of the mean over the matched layers (default: 3000)")  # fmt: skip
     p.add_argument("--logit-weight", type=float, default=1.0, help="logit-KD weight (default: 1)")
     p.add_argument("--temperature", type=float, default=4.0, help="logit-KD temperature (default: 4)")
     p.add_argument("--max-steps", type=int, default=0, help="stop each epoch after this many batches (0: all)")
@@ -466,7 +470,7 @@ def finetune_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from .finetune import FinetuneConfig, export, finetune
+    from .finetune import FinetuneConfig, distill_layers, export, finetune
 
     check_data_spec(args.data)
     plan = ChannelPlan.load(args.plan)
@@ -479,8 +483,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         raise UserError(f"the plan has {plan.flops:,} FLOPs, over its own budget meta.target_flops = {target:,}; "
                         "search again, or delete target_flops from the plan to fine-tune it anyway")  # fmt: skip
     try:
-        config = FinetuneConfig(args.epochs, args.lr, overparam=args.overparam, kd=args.kd, sp_weight=args.sp_weight,
-                                logit_weight=args.logit_weight, temperature=args.temperature,
+        config = FinetuneConfig(args.epochs, args.lr, overparam=args.overparam, kd=args.kd, kd_layers=args.kd_layers,
+                                sp_weight=args.sp_weight, logit_weight=args.logit_weight, temperature=args.temperature,
                                 max_steps=args.max_steps, seed=args.seed)  # fmt: skip
     except ValueError as exc:
         raise UserError(str(exc)) from exc
@@ -488,6 +492,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     teacher, name = model_from_checkpoint(ckpt, name, plan.meta.get("num_classes"))
     student = plan.apply(teacher)  # checks the plan fits the teacher's architecture
+    try:
+        distill_layers(teacher, config)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
     student_path = args.student or str(Path(args.plan).with_name("pruned.pt"))
     if args.student or os.path.isfile(student_path):
         load_state_dict_strict(student, load_checkpoint(student_path)["state_dict"], f"student {student_path!r}")

@@ -26,14 +26,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
-from .distill import DistillTask
+from .distill import DistillTask, resolve_layers
 from .flops import count_flops, count_params
 from .loops import cosine_schedule, evaluate, make_sgd
 from .overparam import expand, fold
 from .plan import ChannelPlan
 from .report import library_versions
 
-__all__ = ["FinetuneConfig", "export", "finetune"]
+__all__ = ["FinetuneConfig", "distill_layers", "export", "finetune"]
 
 log = logging.getLogger("dais_search")
 
@@ -50,6 +50,7 @@ class FinetuneConfig:
     weight_decay: float = 5e-4
     overparam: int = 4  # expansion ratio r; 0 fine-tunes the pruned layers as they are
     kd: str = "sp"
+    kd_layers: str = "stages"  # "stages", "blocks" or comma-separated module paths (SP-KD)
     sp_weight: float = 3000.0
     logit_weight: float = 1.0
     temperature: float = 4.0
@@ -61,6 +62,22 @@ class FinetuneConfig:
             raise ValueError(f"kd must be one of {', '.join(KD_MODES)}, got {self.kd!r}")
         if self.overparam < 0 or self.epochs < 1 or self.lr <= 0:
             raise ValueError("overparam must be >= 0, epochs >= 1 and lr > 0")
+
+
+def distill_layers(teacher: nn.Module, config: FinetuneConfig) -> list[str]:
+    """The module paths SP-KD matches (none without SP-KD); ``ValueError`` naming any that is missing.
+
+    Cheap: call it before data is loaded. Pruned models keep the dense model's module paths.
+    """
+    if "sp" not in config.kd:
+        return []
+    layers = resolve_layers(teacher, config.kd_layers)
+    names = dict(teacher.named_modules())
+    missing = [n for n in layers if n not in names]
+    if missing:
+        raise ValueError(f"kd_layers: {', '.join(missing[:5])} not in {type(teacher).__name__}; use 'stages', "
+                         "'blocks' or module paths such as 'layer1,layer2' (see named_modules())")  # fmt: skip
+    return layers
 
 
 def _train_epoch(task: DistillTask, loader, optimizer, scheduler, max_steps: int, progress: bool, desc: str):
@@ -106,7 +123,7 @@ def finetune(
     model = expand(student, config.overparam, seed=config.seed) if config.overparam else copy.deepcopy(student)
     sp = config.sp_weight if "sp" in config.kd else 0.0
     logit = config.logit_weight if "logit" in config.kd else 0.0
-    task = DistillTask(model, teacher, "auto", sp, logit, config.temperature)
+    task = DistillTask(model, teacher, distill_layers(teacher, config), sp, logit, config.temperature)
     optimizer = make_sgd(model, config.lr, config.momentum, config.weight_decay)
     steps = len(train_loader) if not config.max_steps else min(config.max_steps, len(train_loader))
     scheduler = cosine_schedule(optimizer, config.epochs * steps)

@@ -223,11 +223,16 @@ def run_pipeline(budget: Budget, budget_path: str, out: str, resume: bool = Fals
     (``bundle/metrics.json``) is not run again, an interrupted search continues from its state.
     Writes ``OUT/summary.json`` and prints dense vs pruned accuracy, FLOPs, params and latency.
     """
-    from .finetune import FinetuneConfig, export, finetune
+    from .finetune import FinetuneConfig, distill_layers, export, finetune
     from .plan import ChannelPlan
     from .timing import interleaved_latency
 
     _check_inputs(budget)
+    config = FinetuneConfig(**dataclasses.asdict(budget.finetune), seed=budget.search.seed)
+    try:  # before the search, not after it
+        distill_layers(create_model(budget.model.name), config)
+    except ValueError as exc:
+        raise UserError(f"{budget_path}: [finetune] {exc}") from exc
     out_dir = Path(out)
     if not resume and out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir} is not empty; pass --resume to continue its stages or choose another --out")
@@ -239,7 +244,7 @@ def run_pipeline(budget: Budget, budget_path: str, out: str, resume: bool = Fals
                                     progress, overrides)  # fmt: skip
 
     plan = ChannelPlan.load(out_dir / "plan.json")
-    dspec, fspec = budget.data, budget.finetune
+    dspec = budget.data
     splits = load_dataset(dspec.dataset, dspec.data_dir)
     num_classes = plan.meta.get("num_classes") or splits.num_classes
     teacher = create_model(budget.model.name, num_classes=num_classes)
@@ -259,7 +264,6 @@ def run_pipeline(budget: Budget, budget_path: str, out: str, resume: bool = Fals
         # BENCH.md: fine-tuning uses all training images, with the search's batch size and seed.
         train_loader = make_loader(splits.train, dspec.batch_size, True, dspec.normalize, budget.search.seed,
                                    dspec.workers, image, True)  # fmt: skip
-        config = FinetuneConfig(**dataclasses.asdict(fspec), seed=budget.search.seed)
         folded, ft_metrics = finetune(student, teacher, train_loader, test_loader, plan, config, progress)
         export(folded, plan, ft_metrics, bundle, budget.model.name, num_classes, dspec.normalize, budget_path)
     deployed = plan.apply(teacher)

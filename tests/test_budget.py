@@ -76,6 +76,10 @@ def test_overrides_and_file_errors(tmp_path):
     assert parse_override("search.mode=dais") == ("search.mode", "dais")
     assert parse_override("budget.flops='40%'") == ("budget.flops", "40%")
     assert parse_override("search.gate_lr=0.1") == ("search.gate_lr", 0.1)
+    tuned = load_budget(
+        path, dict([parse_override("finetune.sp_weight=300"), parse_override("finetune.kd_layers=blocks")])
+    )
+    assert (tuned.finetune.sp_weight, tuned.finetune.kd_layers) == (300, "blocks")
     with pytest.raises(UserError, match="SECTION.KEY=VALUE"):
         load_budget(path, {"epochs": 1})
     with pytest.raises(UserError, match="unknown key search.epoches"):

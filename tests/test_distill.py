@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dais_search import create_model
-from dais_search.distill import DistillTask, auto_layers, logit_kd_loss, sp_loss
+from dais_search.distill import DistillTask, auto_layers, logit_kd_loss, resolve_layers, sp_loss
 from dais_search.plan import random_plan
 
 
@@ -35,10 +35,17 @@ def test_logit_kd_is_zero_for_equal_logits_and_scaled_by_t_squared():
     assert float(logit_kd_loss(logits, other, 2.0)) == pytest.approx(4 * float(kl), rel=1e-5)
 
 
-def test_auto_layers_are_block_outputs():
-    assert auto_layers(create_model("resnet20")) == [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]
-    assert auto_layers(create_model("vgg16")) == ["features"]
-    assert auto_layers(create_model("mobilenetv2"))[:2] == ["features.0", "features.1"]
+def test_auto_layers_at_stages_or_blocks():
+    resnet = create_model("resnet20")
+    assert auto_layers(resnet) == ["layer1", "layer2", "layer3"]
+    assert auto_layers(resnet, "blocks") == [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]
+    assert auto_layers(create_model("vgg16"), "blocks") == auto_layers(create_model("vgg16")) == ["features"]
+    assert auto_layers(create_model("mobilenetv2"), "blocks")[:2] == ["features.0", "features.1"]
+    assert resolve_layers(resnet, " layer1.0, fc") == ["layer1.0", "fc"]
+    with pytest.raises(ValueError, match="no stages"):
+        resolve_layers(torch.nn.Conv2d(3, 3, 1), "stages")
+    with pytest.raises(ValueError, match="'stages' or 'blocks'"):
+        auto_layers(resnet, "stage")
 
 
 def test_distill_task_on_a_pruned_student():

@@ -87,6 +87,11 @@ def test_finetune_refuses_a_plan_over_its_own_budget(tmp_path, capsys):
     plan.save(tmp_path / "plan.json")
     assert main(argv) == 2
     assert "over its own budget" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    # A distillation layer the model lacks is named before any data is read.
+    plan.meta.update(target_flops=plan.flops)
+    plan.save(tmp_path / "plan.json")
+    assert main([*argv, "--kd-layers", "layer1,layer9"]) == 2
+    assert "kd_layers: layer9 not in" in capsys.readouterr().err and not (tmp_path / "b").exists()
 
 
 def test_run_command_chains_the_stages_and_resumes(tmp_path, capsys):
@@ -112,3 +117,7 @@ def test_run_command_chains_the_stages_and_resumes(tmp_path, capsys):
     assert (out / "bundle" / "model.pt").stat().st_mtime_ns == stamp  # finished stages are not redone
     assert main(["run", str(budget), "--out", str(out), "--no-progress"]) == 2
     assert "not empty" in capsys.readouterr().err
+    # A [finetune] mistake is reported before the search starts, not after it.
+    fresh = tmp_path / "fresh"
+    assert main(["run", str(budget), "--out", str(fresh), "--set", "finetune.kd_layers=layer9", "--no-progress"]) == 2
+    assert "[finetune] kd_layers: layer9 not in" in capsys.readouterr().err and not fresh.exists()
