@@ -92,8 +92,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ]  # fmt: skip
     headers = ["variant", "seed", "test top-1 %", "per epoch (folded)", "s / epoch", "x vanilla", "fold error"]
     print(format_table(table, headers))
+    summary = {}
+    for name in variants:
+        accs = [r["test_top1"] for r in rows if r["variant"] == name]
+        if len(accs) > 1:
+            summary[name] = {"seeds": len(accs), "mean": statistics.mean(accs), "std": statistics.stdev(accs)}
+    if summary:
+        print(format_table([[k, v["seeds"], f"{v['mean']:.2f}", f"{v['std']:.2f}"] for k, v in summary.items()],
+                           ["variant", "seeds", "mean test top-1 %", "std"]))  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "versions": library_versions(),
+        Path(args.json).write_text(json.dumps({"rows": rows, "summary": summary, "versions": library_versions(),
                                                "command": shlex.join(["python", *sys.argv])}, indent=1))  # fmt: skip
     return rows
 
