@@ -46,7 +46,7 @@ def build_variants(student, teacher, ratio: int, sp_weight: float, layers: str, 
     for name, (r, sp) in specs.items():
         model = expand(student, r) if r else copy.deepcopy(student)
         task = DistillTask(model, teacher, layers, sp_weight=sp)
-        variants[name] = (task, make_sgd(model, 0.01, 0.9, 5e-4))
+        variants[name] = (task, make_sgd(model, 0.01))
     if chain:
         model = expand(student, ratio)
         for module in model.modules():
