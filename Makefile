@@ -29,6 +29,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check dais_search tests benchmarks
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not slow"
 
 clean:

@@ -25,13 +25,12 @@ import time
 import torch
 
 from dais_search import create_model, load_checkpoint, model_from_checkpoint
-from dais_search.baselines import uniform_plan
-from dais_search.distill import DistillTask
-from dais_search.flops import count_flops
-from dais_search.loops import make_sgd
-from dais_search.overparam import expand
-from dais_search.plan import ChannelPlan
+from dais_search.channels import ChannelPlan
+from dais_search.cost import count_flops
+from dais_search.finetune import DistillTask, expand
 from dais_search.report import format_table, library_versions
+from dais_search.search import uniform_plan
+from dais_search.train import make_sgd
 
 
 def build_variants(student, teacher, ratio: int, sp_weight: float, layers: str, chain: bool) -> dict:

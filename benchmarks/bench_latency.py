@@ -19,11 +19,10 @@ import sys
 import torch
 
 from dais_search import create_model, load_checkpoint, model_from_checkpoint
-from dais_search.baselines import uniform_plan
-from dais_search.flops import count_flops
-from dais_search.plan import ChannelPlan, random_plan
+from dais_search.channels import ChannelPlan, random_plan
+from dais_search.cost import count_flops, interleaved_latency, median_ratio
 from dais_search.report import format_table
-from dais_search.timing import interleaved_latency, median_ratio
+from dais_search.search import uniform_plan
 
 
 def uniform_l1_plan(model, shape, keep: float) -> ChannelPlan:

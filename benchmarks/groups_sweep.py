@@ -28,12 +28,9 @@ import torch
 import torchvision
 
 from dais_search import models
-from dais_search.flops import count_flops
-from dais_search.graph import trace_channels
-from dais_search.layers import handler_for
-from dais_search.plan import random_plan
+from dais_search.channels import check_plan, handler_for, random_plan, trace_channels
+from dais_search.cost import count_flops
 from dais_search.report import format_table
-from dais_search.verify import check_plan
 
 # Models whose positional embeddings or window sizes fix the input resolution.
 FIXED_SIZE = ("vit_", "swin_", "maxvit_")

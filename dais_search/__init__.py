@@ -1,5 +1,16 @@
 """dais_search: budgeted, differentiable channel pruning for PyTorch CNNs.
 
+The pipeline, one subpackage a stage (data flows top to bottom)::
+
+    budget.py    Budget: the FLOPs target and the search / fine-tune settings (TOML file or Python)
+    channels/    channel groups from an fx trace; ChannelPlan (slice, mask, replay); FlopsModel
+    search/      DAIS indicators + DSA keep ratios, bi-level, repaired onto the budget -> a plan
+    finetune/    LOP expansion + distillation from the dense teacher, folded back exactly; export
+
+under them ``cost/`` (exact FLOPs, params, latency), ``train.py`` (the one training loop),
+``data/``, ``models/`` and ``checkpoint.py``; over them ``pipeline/`` (stages from budget files,
+resumable) and ``cli.py``.
+
 Example:
     >>> import dais_search as ds
     >>> model = ds.create_model("resnet56")
@@ -7,25 +18,33 @@ Example:
     (250971392, 853018)
 """
 
-__version__ = "0.1.0"
-
-from .budget import Budget, load_budget
+from ._version import __version__
+from .budget import Budget, BudgetSpec, DataSpec, FinetuneSpec, ModelSpec, SearchSpec, load_budget
+from .channels import ChannelGroup, ChannelPlan, FlopsModel, find_channel_groups
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from .cost import count_flops, count_params, flops_breakdown
 from .data import BatchLoader, load_dataset, make_loader, split_indices, train_val_split
 from .errors import UserError
-from .flops import FlopsModel, count_flops, count_params, flops_breakdown
-from .graph import ChannelGroup, find_channel_groups
-from .loops import cosine_schedule, evaluate, make_sgd, train_one_epoch
+from .finetune import DistillTask, FinetuneConfig, FinetuneResult, expand, export, finetune, fold
 from .models import create_model, list_models, register_model
-from .plan import ChannelPlan
-from .search import Searcher
+from .search import Searcher, SearchResult, search
+from .train import cosine_schedule, evaluate, make_sgd, train_one_epoch
 
 __all__ = [
     "BatchLoader",
     "Budget",
+    "BudgetSpec",
     "ChannelGroup",
     "ChannelPlan",
+    "DataSpec",
+    "DistillTask",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "FinetuneSpec",
     "FlopsModel",
+    "ModelSpec",
+    "SearchResult",
+    "SearchSpec",
     "Searcher",
     "UserError",
     "__version__",
@@ -34,8 +53,12 @@ __all__ = [
     "count_params",
     "create_model",
     "evaluate",
+    "expand",
+    "export",
     "find_channel_groups",
+    "finetune",
     "flops_breakdown",
+    "fold",
     "list_models",
     "load_budget",
     "load_checkpoint",
@@ -45,6 +68,7 @@ __all__ = [
     "model_from_checkpoint",
     "register_model",
     "save_checkpoint",
+    "search",
     "split_indices",
     "train_one_epoch",
     "train_val_split",

@@ -21,12 +21,23 @@ from typing import Any
 
 from .errors import UserError
 
-__all__ = ["Budget", "BudgetSpec", "DataSpec", "FinetuneSpec", "ModelSpec", "SearchSpec", "load_budget", "parse_budget"]
+__all__ = [
+    "Budget",
+    "BudgetSpec",
+    "DataSpec",
+    "FinetuneSpec",
+    "ModelSpec",
+    "SearchSpec",
+    "check_budget",
+    "load_budget",
+    "parse_budget",
+    "parse_override",
+]
 
 VERSION = 1
 SECTIONS = ("model", "data", "budget", "search", "finetune")
 MODES = ("dais", "dsa", "dais+dsa")
-SCHEDULES = ("exponential", "cosine")
+KD_MODES = ("sp", "logit", "sp+logit", "none")
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,7 @@ class DataSpec:
     normalize: str = "imagenet"
     batch_size: int = 128
     workers: int = 2
+    augment: bool = True  # random crop + flip of the search's train and held-out batches
 
 
 @dataclass(frozen=True)
@@ -182,40 +194,49 @@ def parse_budget(raw: dict[str, Any], where: str = "budget") -> Budget:
     budget = _section(BudgetSpec, raw.get("budget", {}), "budget", where)
     search = _section(SearchSpec, raw.get("search", {}), "search", where)
     finetune = _section(FinetuneSpec, raw.get("finetune", {}), "finetune", where)
-    if finetune.kd not in ("sp", "logit", "sp+logit", "none"):
+    if not model.name:
+        raise UserError(f'{where}: model.name is required (a registry name such as "resnet56" or "tv:resnet50")')
+    return check_budget(Budget(model, data, budget, search, finetune, where))
+
+
+def check_budget(budget: Budget) -> Budget:
+    """Checks the values of a budget (one built in Python too); returns it with ``budget.flops`` and
+    ``budget.params`` normalised (percentages stripped of spaces, numbers as floats).
+
+    The temperature schedule is checked against its registry by the search
+    (:func:`dais_search.search.schedules.get_schedule`), where users register their own.
+
+    Raises:
+        UserError: naming the key, the value and what is allowed.
+    """
+    where = budget.source or "budget"
+    data, spec, search, finetune = budget.data, budget.budget, budget.search, budget.finetune
+    if finetune.kd not in KD_MODES:
         raise UserError(f"{where}: finetune.kd = {finetune.kd!r}; choose sp, logit, sp+logit or none")
     if finetune.epochs < 1 or finetune.lr <= 0 or finetune.overparam < 0:
         raise UserError(f"{where}: need finetune.epochs >= 1, finetune.lr > 0 and finetune.overparam >= 0")
-    if not model.name:
-        raise UserError(f'{where}: model.name is required (a registry name such as "resnet56" or "tv:resnet50")')
-    budget = dataclasses.replace(
-        budget,
-        flops=_check_fraction(budget.flops, "budget.flops", where),
-        params=_check_fraction(budget.params, "budget.params", where) if budget.params not in ("", None) else "",
+    spec = dataclasses.replace(
+        spec,
+        flops=_check_fraction(spec.flops, "budget.flops", where),
+        params=_check_fraction(spec.params, "budget.params", where) if spec.params not in ("", None) else "",
     )
-    if budget.input_size and (
-        len(budget.input_size) != 3 or not all(isinstance(v, int) and v > 0 for v in budget.input_size)
-    ):
-        raise UserError(f"{where}: budget.input_size = {list(budget.input_size)}; give [C, H, W], e.g. [3, 32, 32]")
+    size = spec.input_size
+    if size and (len(size) != 3 or not all(isinstance(v, int) and v > 0 for v in size)):
+        raise UserError(f"{where}: budget.input_size = {list(spec.input_size)}; give [C, H, W], e.g. [3, 32, 32]")
     if search.mode not in MODES:
         raise UserError(f"{where}: search.mode = {search.mode!r}; choose one of {', '.join(MODES)}")
-    if search.temperature_schedule not in SCHEDULES:
-        raise UserError(
-            f"{where}: search.temperature_schedule = {search.temperature_schedule!r}; choose {' or '.join(SCHEDULES)}"
-        )
     if not 0 < search.temperature_end <= search.temperature_start:
         raise UserError(f"{where}: need 0 < search.temperature_end <= search.temperature_start")
-    for key in ("epochs",):
-        if getattr(search, key) < 1:
-            raise UserError(f"{where}: search.{key} must be at least 1")
+    if search.epochs < 1:
+        raise UserError(f"{where}: search.epochs must be at least 1")
     for key in ("weight_lr", "gate_lr", "rho"):
         if getattr(search, key) <= 0:
             raise UserError(f"{where}: search.{key} must be positive")
     if data.batch_size < 1 or data.held_out < 1:
         raise UserError(f"{where}: data.batch_size and data.held_out must be at least 1")
-    if budget.min_keep < 1:
+    if spec.min_keep < 1:
         raise UserError(f"{where}: budget.min_keep must be at least 1")
-    return Budget(model, data, budget, search, finetune, where)
+    return dataclasses.replace(budget, budget=spec)
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], where: str) -> dict[str, Any]:

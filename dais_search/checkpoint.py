@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
-from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import UserError
+from .files import atomic_torch_save
+from .models import create_model
 
 __all__ = [
-    "atomic_torch_save",
-    "atomic_write",
     "load_checkpoint",
     "load_state_dict_strict",
     "model_from_checkpoint",
@@ -71,30 +69,6 @@ def save_checkpoint(
         **extra,
     }
     atomic_torch_save(payload, path)
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then ``os.replace``."""
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Calls ``write(file)`` on a temporary file beside ``path``, fsyncs it and moves it over
-    ``path``: readers see the old file or the new one, never a part-written one."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -188,8 +162,6 @@ def model_from_checkpoint(
     Raises:
         UserError: when the architecture is unknown, unnamed, or does not fit the weights.
     """
-    from .models import create_model
-
     meta = ckpt.get("model") or {}
     name = model_name or meta.get("name")
     if name is None:

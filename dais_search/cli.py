@@ -11,6 +11,7 @@ before any long computation starts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -20,15 +21,18 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .checkpoint import load_checkpoint, load_state_dict_strict, model_from_checkpoint, save_checkpoint
-from .data import DEFAULT_NORMALIZE, NORMALIZATION, check_data_spec, load_dataset, make_loader, train_val_split
+from ._version import __version__
+from .budget import load_budget, parse_override
+from .channels import ChannelPlan
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .cost import count_flops, count_params, flops_breakdown
+from .data import DEFAULT_NORMALIZE, NORMALIZATION, check_data_spec, load_dataset, make_loader
 from .errors import UserError
-from .flops import count_flops, count_params, flops_breakdown
-from .loops import cosine_schedule, evaluate, make_sgd, train_one_epoch
+from .finetune import FinetuneConfig, distill_layers
 from .models import create_model, describe, input_size, list_models
-from .plan import ChannelPlan
-from .report import format_table, human, library_versions
+from .pipeline import TrainJob, finetune_plan, resolve_device, run_pipeline, run_search, run_train, student_of
+from .report import format_table, human
+from .train import evaluate
 
 __all__ = ["main"]
 
@@ -65,18 +69,6 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available; default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in logs)")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for CUDA but no GPU is visible; use --device cpu")
-    return device
 
 
 def _parse_size(text: str) -> tuple[int, int, int]:
@@ -172,7 +164,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_data_spec(args.data)
     if args.model:
         _check_model_name(args.model)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint)
     model, name = model_from_checkpoint(ckpt, args.model, args.num_classes)
     normalize = args.normalize or ckpt.get("normalize") or DEFAULT_NORMALIZE
@@ -255,112 +247,8 @@ def train_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    check_data_spec(args.data)
-    _check_model_name(args.model)
-    for flag in ("epochs", "batch_size"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    if args.lr <= 0:
-        raise UserError(f"--lr must be positive, got {args.lr}")
-    if os.path.isdir(args.out):
-        raise UserError(f"--out {args.out!r} is a directory; give a file path such as {args.out}/model.pt")
-    if args.resume and not os.path.isfile(args.out):
-        raise UserError(f"--resume needs an existing checkpoint at --out, but {args.out!r} does not exist")
-    device = _device(args.device)
-    init = load_checkpoint(args.init) if args.init else None
-    resume = load_checkpoint(args.out) if args.resume else None
-    if resume is not None and "optimizer" not in resume:
-        raise UserError(
-            f"{args.out!r} holds no optimizer state (it is not a dais-search train checkpoint); drop --resume"
-        )
-
-    torch.manual_seed(args.seed)
-    splits = load_dataset(args.data, args.data_dir, args.download)
-    normalize = args.normalize or (init or {}).get("normalize") or DEFAULT_NORMALIZE
-    model = create_model(args.model, num_classes=splits.num_classes)
-    if init is not None:
-        load_state_dict_strict(model, init["state_dict"], f"checkpoint {args.init!r}")
-    train_data, held = splits.train, None
-    if args.held_out:
-        train_data, held = train_val_split(splits.train, args.held_out, args.seed)
-    model.to(device)
-    loader = make_loader(
-        train_data, args.batch_size, train=True, normalize=normalize, seed=args.seed, workers=args.workers
-    )
-    steps = len(loader) if args.max_steps is None else min(len(loader), args.max_steps)
-    optimizer = make_sgd(model, args.lr, args.momentum, args.weight_decay)
-    scheduler = cosine_schedule(optimizer, args.epochs * steps, int(args.warmup_epochs * steps))
-    start_epoch, history = 0, []
-    if resume is not None:
-        load_state_dict_strict(model, resume["state_dict"], f"checkpoint {args.out!r}")
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        start_epoch, history = resume["epoch"], resume.get("history", [])
-        loader.epoch = start_epoch if hasattr(loader, "epoch") else 0
-    log.info(
-        "training %s on %s: %d images, %d epochs x %d steps",
-        args.model,
-        splits.name,
-        len(train_data),
-        args.epochs,
-        steps,
-    )
-
-    for epoch in range(start_epoch, args.epochs):
-        stats = train_one_epoch(
-            model,
-            loader,
-            optimizer,
-            scheduler,
-            max_steps=args.max_steps,
-            progress=not args.no_progress,
-            desc=f"epoch {epoch + 1}/{args.epochs}",
-        )
-        row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in stats.items()}}
-        if held is not None:
-            held_loader = make_loader(held, 256, normalize=normalize, workers=args.workers)
-            row["held_out_top1"] = evaluate(model, held_loader, progress=False)["top1"]
-        history.append(row)
-        print(
-            f"epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4f}, train top-1 {stats['top1']:.2f}%"
-            + (f", held-out top-1 {row['held_out_top1']:.2f}%" if held is not None else "")
-            + f", {stats['images_per_s']:.0f} img/s",
-            flush=True,
-        )
-        save_checkpoint(
-            args.out,
-            model,
-            args.model,
-            splits.num_classes,
-            normalize=normalize,
-            epoch=epoch + 1,
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
-            history=history,
-            args=vars(args),
-            versions=library_versions(),
-        )
-
-    # The test split is read once, for the final figure only (BENCH.md).
-    test = evaluate(
-        model, make_loader(splits.test, 256, normalize=normalize, workers=args.workers), progress=not args.no_progress
-    )
-    shape = (1, *splits.input_size)
-    train_seconds = sum(h["train_seconds"] for h in history)
-    rows = [
-        [
-            args.model,
-            splits.name,
-            f"{len(history)}",
-            f"{test['top1']:.2f}",
-            f"{test['top5']:.2f}",
-            f"{count_flops(model, shape):,}",
-            f"{count_params(model):,}",
-            f"{train_seconds:.1f}",
-        ]
-    ]
-    print(format_table(rows, ["model", "data", "epochs", "test top-1 %", "top-5 %", "FLOPs", "params", "train s"]))
-    print(f"checkpoint: {args.out}")
+    fields = {f.name for f in dataclasses.fields(TrainJob)} - {"progress"}
+    run_train(TrainJob(**{k: v for k, v in vars(args).items() if k in fields}, progress=not args.no_progress))
     return 0
 
 
@@ -393,8 +281,6 @@ def search_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def _budget_job(args: argparse.Namespace, job) -> int:
     """Loads the budget with the command line's overrides and runs ``job`` (search or the main job)."""
-    from .budget import load_budget, parse_override
-
     overrides = dict(parse_override(text) for text in args.set)
     if args.epochs is not None:
         overrides["search.epochs"] = args.epochs
@@ -402,13 +288,11 @@ def _budget_job(args: argparse.Namespace, job) -> int:
         overrides["model.checkpoint"] = args.checkpoint
     budget = load_budget(args.budget, overrides)
     out = args.out or os.path.join("runs", Path(args.budget).stem)
-    job(budget, args.budget, out, args.resume, str(_device(args.device)), not args.no_progress, overrides)
+    job(budget, args.budget, out, args.resume, str(resolve_device(args.device)), not args.no_progress, overrides)
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .pipeline import run_search
-
     return _budget_job(args, run_search)
 
 
@@ -430,8 +314,6 @@ def run_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .pipeline import run_pipeline
-
     return _budget_job(args, run_pipeline)
 
 
@@ -470,8 +352,6 @@ def finetune_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from .finetune import FinetuneConfig, distill_layers, export, finetune
-
     check_data_spec(args.data)
     plan = ChannelPlan.load(args.plan)
     name = args.model or plan.meta.get("model")
@@ -488,30 +368,24 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                                 max_steps=args.max_steps, seed=args.seed)  # fmt: skip
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    device = _device(args.device)
+    device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint)
     teacher, name = model_from_checkpoint(ckpt, name, plan.meta.get("num_classes"))
-    student = plan.apply(teacher)  # checks the plan fits the teacher's architecture
+    student_path = args.student or str(Path(args.plan).with_name("pruned.pt"))
+    student = student_of(plan, teacher, student_path if args.student or os.path.isfile(student_path) else None)
     try:
         distill_layers(teacher, config)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    student_path = args.student or str(Path(args.plan).with_name("pruned.pt"))
-    if args.student or os.path.isfile(student_path):
-        load_state_dict_strict(student, load_checkpoint(student_path)["state_dict"], f"student {student_path!r}")
     normalize = args.normalize or ckpt.get("normalize") or DEFAULT_NORMALIZE
     splits = load_dataset(args.data, args.data_dir, args.download)
     teacher.to(device).eval()
     student.to(device)
-    image = plan.input_shape[-1]
-    train = make_loader(splits.train, args.batch_size, True, normalize, args.seed, args.workers, image, True)
-    test = make_loader(splits.test, 256, False, normalize, workers=args.workers, image_size=image)
-    folded, metrics = finetune(student, teacher, train, test, plan, config, not args.no_progress)
     budget = Path(args.plan).with_name("budget.toml")
     num_classes = plan.meta.get("num_classes") or splits.num_classes
-    out = export(
-        folded, plan, metrics, args.out, name, num_classes, normalize, str(budget) if budget.is_file() else None
-    )
+    metrics = finetune_plan(plan, teacher, student, splits, config, args.out, name, num_classes, normalize,
+                            args.batch_size, args.workers, str(budget) if budget.is_file() else None,
+                            not args.no_progress)  # fmt: skip
     rows = [
         [h["epoch"], f"{h['loss']:.4f}", f"{h['kd_loss']:.4f}", f"{h['top1']:.2f}", f"{h['test_top1_folded']:.2f}",
          f"{h['seconds']:.0f}"]
@@ -519,7 +393,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     ]  # fmt: skip
     print(format_table(rows, ["epoch", "loss", "kd loss", "train top-1 %", "test top-1 % (folded)", "s"]))
     print(f"folded: {metrics['flops']:,} FLOPs, {metrics['params']:,} params, test top-1 {metrics['test_top1']:.2f}%, "
-          f"fold error {metrics['fold_max_rel_error']:.1e}; bundle: {out}")  # fmt: skip
+          f"fold error {metrics['fold_max_rel_error']:.1e}; bundle: {args.out}")  # fmt: skip
     return 0
 
 

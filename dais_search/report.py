@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
+
+import numpy
+import torch
+import torchvision
+
+from ._version import __version__
 
 __all__ = ["format_table", "human", "library_versions"]
 
@@ -51,14 +58,6 @@ def format_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> st
 
 def library_versions() -> dict[str, str]:
     """Versions of what produced an output, recorded beside it."""
-    import sys
-
-    import numpy
-    import torch
-    import torchvision
-
-    from . import __version__
-
     return {
         "dais_search": __version__,
         "torch": torch.__version__,

@@ -106,7 +106,7 @@ def test_eval_on_npz_with_limit(capsys, tmp_path):
 
 
 def test_flops_of_a_plan(capsys, tmp_path):
-    from dais_search.plan import random_plan
+    from dais_search.channels import random_plan
 
     plan = random_plan(create_model("resnet20"), (1, 3, 32, 32), keep=0.5, seed=0)
     plan.meta.update(model="resnet20", num_classes=10)

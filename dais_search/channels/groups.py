@@ -1,0 +1,260 @@
+"""Channel groups: which channels of a network must be kept or removed together.
+
+The model is traced with torch.fx and run once on an example input to record shapes. Every
+channel a layer produces becomes an *atom*; operations propagate atoms from their inputs to their
+outputs (BN, activations, pooling pass them through; concatenation joins lists; flatten repeats
+each channel over the features it becomes) and *tie* atoms that must agree (operands of an
+element-wise add or mul, the input and output of a depthwise conv). Tied atoms form a channel
+*class*: one unit of pruning. Classes produced by the same layer, or tied across layers, form a
+:class:`ChannelGroup`.
+
+The rule that keeps this safe: any operation whose channel semantics are not understood (an
+unknown module or function, channel slicing or padding, a reshape that splits the channel axis,
+a norm whose statistics mix channels) *fixes* every atom it touches, making those groups
+unprunable, with one warning per kind of operation that names it and where it is. The model's
+outputs are fixed too. A result is therefore either right or not pruned, never silently wrong.
+
+Example:
+    >>> groups = find_channel_groups(create_model("resnet56"), torch.randn(1, 3, 32, 32))
+    >>> [g.size for g in groups if g.prunable][:3]
+    [16, 16, 16]
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .atoms import Tracker
+from .trace import trace_with_shapes
+from .walk import Walker
+
+__all__ = ["ChannelGraph", "ChannelGroup", "Member", "find_channel_groups", "trace_channels"]
+
+
+@dataclass(frozen=True)
+class Member:
+    """Where one group's channels sit in one layer.
+
+    Attributes:
+        name: module path (or parameter path for ``role`` ``dimK``).
+        role: ``"out"`` (channels the layer produces), ``"in"`` (channels it reads), ``"ch"``
+            (per-channel parameters of a norm/activation) or ``"dimK"`` (dimension K of a parameter).
+        positions: indices along that layer's channel axis that belong to the group.
+        classes: ``classes[i]`` is the group channel at ``positions[i]``.
+    """
+
+    name: str
+    role: str
+    positions: tuple[int, ...]
+    classes: tuple[int, ...]
+
+
+@dataclass
+class ChannelGroup:
+    """A set of channels that are pruned together.
+
+    Attributes:
+        id: index in the list :func:`find_channel_groups` returns (stable for an architecture).
+        size: number of channels (classes) in the group.
+        producers: layers whose outputs create the channels.
+        consumers: layers that read them.
+        members: per-channel parameters sliced with them (BN, PReLU, layer-scale parameters).
+        blocks: channels that can only go together (grouped convs, GroupNorm), or ``None``.
+        prunable: whether channels of this group may be removed.
+        reason: why not, when ``prunable`` is false.
+        min_keep: fewest channels a plan may keep.
+        round_to: kept counts must be multiples of this (the block width for grouped convs).
+    """
+
+    id: int
+    size: int
+    producers: list[Member] = field(default_factory=list)
+    consumers: list[Member] = field(default_factory=list)
+    members: list[Member] = field(default_factory=list)
+    blocks: list[tuple[int, ...]] | None = None
+    prunable: bool = True
+    reason: str = ""
+    min_keep: int = 1
+    round_to: int = 1
+
+    @property
+    def name(self) -> str:
+        """The first producer's module path, a readable label."""
+        return self.producers[0].name if self.producers else f"group{self.id}"
+
+@dataclass
+class ChannelGraph:
+    """Everything the analysis found: the groups, and what plans, masks and FLOPs models need.
+
+    Attributes:
+        groups: the channel groups (see :func:`find_channel_groups`).
+        gm: the fx trace of the model (it shares modules with the model).
+        sites: sliceable axes, ``(path, role) -> atoms``.
+        infos: traced tensors by node name.
+        calls: ``(module path, input shape, output shape)`` of every call of a handled module.
+        param_sites: parameter paths read by element-wise ops, with their shapes.
+        atom_class: ``atom -> (group id, class index)`` for atoms of groups.
+    """
+
+    groups: list[ChannelGroup]
+    gm: fx.GraphModule
+    sites: dict[tuple[str, str], list[int]]
+    infos: dict[str, Any]
+    calls: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
+    param_shapes: dict[str, tuple[int, ...]]
+    atom_class: dict[int, tuple[int, int]]
+
+def trace_channels(
+    model: nn.Module,
+    example_input: torch.Tensor | tuple[torch.Tensor, ...],
+    ignore: Iterable[str | nn.Module] = (),
+    warn: bool = True,
+) -> ChannelGraph:
+    """Runs the channel analysis (see the module docstring) and returns the full result.
+
+    Args:
+        model: the dense model (not modified; traced in eval mode).
+        example_input: an input (or tuple of inputs) of the shape the model will see.
+        ignore: module paths or modules whose output channels must not be pruned.
+        warn: warn about operations that block pruning (off when replaying a plan).
+    """
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    gm, opaque_modules, shapes = trace_with_shapes(model, inputs)
+    model_tensors = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    model_tensors |= {n for n, _ in model.named_buffers(remove_duplicate=False)}
+    walker = Walker(gm, shapes, opaque_modules, model_tensors)
+    walker.run()
+    tk = walker.tk
+
+    names = {m: p for p, m in model.named_modules()}
+    for item in ignore:
+        path = names.get(item, item) if isinstance(item, nn.Module) else item
+        if not any(key[0] == path for key in tk.sites):
+            raise ValueError(f"ignore: {path!r} is not a traced layer of {type(model).__name__}")
+        for (p, _role), atoms in tk.sites.items():
+            if p == path:
+                tk.fix(atoms, f"ignored: {path}")
+
+    groups, atom_class = _assemble(tk)
+    if warn:
+        _warn(walker, groups)
+    infos = {n.name: walker.info.get(n) for n in gm.graph.nodes}
+    return ChannelGraph(groups, gm, dict(tk.sites), infos, walker.calls, walker.param_shapes, atom_class)
+
+
+def _assemble(tk: Tracker) -> tuple[list[ChannelGroup], dict[int, tuple[int, int]]]:
+    root_of_group: dict[int, int] = {}
+    group_classes: dict[int, list[int]] = {}
+    for (_path, role), atoms in tk.sites.items():  # sites are in graph order
+        if role != "out":
+            continue
+        for a in atoms:
+            g = tk.groups.find(a)
+            root_of_group.setdefault(g, len(root_of_group))
+            classes = group_classes.setdefault(g, [])
+            c = tk.classes.find(a)
+            if c not in classes:
+                classes.append(c)
+    class_index = {g: {c: i for i, c in enumerate(cs)} for g, cs in group_classes.items()}
+
+    # Every atom of a group must be a member class (a class never reached by a producer, e.g. one
+    # tied only to an input or a constant, cannot be removed).
+    fixed_groups: dict[int, str] = {}
+    for a, reason in tk.fixed.items():
+        g = tk.groups.find(a)
+        if g in root_of_group:
+            fixed_groups.setdefault(g, reason)
+    members: dict[int, list[tuple[str, str, list[int], list[int]]]] = defaultdict(list)
+    for (path, role), atoms in tk.sites.items():
+        per_group: dict[int, tuple[list[int], list[int]]] = {}
+        for pos, a in enumerate(atoms):
+            g = tk.groups.find(a)
+            if g not in root_of_group:
+                continue
+            c = class_index[g].get(tk.classes.find(a))
+            if c is None:
+                fixed_groups.setdefault(g, f"{path} reads channels no layer produces")
+                continue
+            positions, classes = per_group.setdefault(g, ([], []))
+            positions.append(pos)
+            classes.append(c)
+        for g, (positions, classes) in per_group.items():
+            counts = defaultdict(int)
+            for c in classes:
+                counts[c] += 1
+            if len(counts) != len(group_classes[g]) or len(set(counts.values())) != 1:
+                # FLOPs would depend on which channels are kept, not only how many: keep it whole.
+                fixed_groups.setdefault(g, f"{path} ({role}) sees only part of the group's channels")
+            members[g].append((path, role, positions, classes))
+
+    groups: list[ChannelGroup] = []
+    atom_class: dict[int, tuple[int, int]] = {}
+    for g, gid in sorted(root_of_group.items(), key=lambda kv: kv[1]):
+        size = len(group_classes[g])
+        group = ChannelGroup(id=gid, size=size)
+        for path, role, positions, classes in members[g]:
+            member = Member(path, role, tuple(positions), tuple(classes))
+            (group.producers if role == "out" else group.consumers if role == "in" else group.members).append(member)
+        block_of: dict[int, list[int]] = defaultdict(list)
+        for c_root, i in class_index[g].items():
+            block_of[tk.blocks.find(c_root)].append(i)
+        blocks = sorted(tuple(sorted(b)) for b in block_of.values())
+        if any(len(b) > 1 for b in blocks):
+            group.blocks = blocks
+            widths = {len(b) for b in blocks}
+            if len(widths) != 1:
+                fixed_groups.setdefault(g, "blocks of different widths")
+            group.round_to = group.min_keep = max(widths)
+        if g in fixed_groups:
+            group.prunable, group.reason = False, fixed_groups[g]
+        groups.append(group)
+    for a in range(len(tk.classes.parent)):
+        g = tk.groups.find(a)
+        if g in root_of_group:
+            c = class_index[g].get(tk.classes.find(a))
+            if c is not None:
+                atom_class[a] = (root_of_group[g], c)
+    return groups, atom_class
+
+
+def _warn(walker: Walker, groups: list[ChannelGroup]) -> None:
+    blocked = {g.reason for g in groups if not g.prunable}
+    for op, places in walker.unknown.items():
+        if not any(r.startswith(f"{op} at ") for r in blocked):
+            continue
+        unique = list(dict.fromkeys(places))
+        where = ", ".join(unique[:3]) + (f" and {len(unique) - 3} more" if len(unique) > 3 else "")
+        warnings.warn(
+            f"dais_search: cannot follow channels through {op} (at {where}); the channel groups it touches "
+            f"are not pruned",
+            stacklevel=3,
+        )
+
+
+def find_channel_groups(
+    model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...], ignore: Iterable[str | nn.Module] = ()
+) -> list[ChannelGroup]:
+    """The channel groups of ``model``: sets of channels that must be kept or removed together.
+
+    Args:
+        model: any ``nn.Module`` (not modified).
+        example_input: an input of the shape the model will see (batch size is irrelevant).
+        ignore: module paths or modules whose output channels must not be pruned.
+
+    Returns:
+        Every group that some conv/linear layer produces, prunable or not (``reason`` says why
+        not), in graph order.
+
+    Example:
+        >>> groups = find_channel_groups(model, torch.randn(1, 3, 32, 32), ignore=["conv1"])
+        >>> [(g.name, g.size) for g in groups if g.prunable]
+    """
+    return trace_channels(model, example_input, ignore).groups

@@ -1,0 +1,368 @@
+"""Op rules: what a function or Tensor method call does to channels, in a registry.
+
+A rule is called for every traced call of its target with the walker's context ``w`` (its
+:class:`~.atoms.Tracker` ``w.tk``), the fx node, the call's arguments as infos
+(:class:`~.atoms.TensorInfo` for tensors, :class:`~.atoms.ParamInfo` for registered parameters,
+constants as they are) and the shape of the result. It returns the result's info, or
+:data:`OPAQUE` when it does not understand the call: the analysis then fixes every channel the
+call touches and warns once, naming the op.
+
+Register a rule for your own function (or, by name, a Tensor method) with::
+
+    @register_function(my_gate, "my_method")
+    def my_rule(w, node, args, kwargs, shape):
+        return args[0]          # channels pass through unchanged
+
+Targets are unique: registering one twice is an error, as for :func:`~.layers.register_layer`.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections.abc import Callable
+from math import prod
+from typing import Any, Protocol
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from .atoms import ParamInfo, TensorInfo, Tracker, untracked_like
+from .trace import flat, where
+
+__all__ = ["OPAQUE", "Rule", "RuleContext", "on_tracked", "register_function", "rule_for"]
+
+OPAQUE = object()
+"""Returned by a rule that does not understand a call."""
+
+
+class RuleContext(Protocol):
+    """What a rule may use of the walker."""
+
+    tk: Tracker
+    param_shapes: dict[str, tuple[int, ...]]
+
+
+Rule = Callable[[RuleContext, fx.Node, list, dict, Any], Any]
+
+_FUNCTIONS: dict[Any, Rule] = {}
+_METHODS: dict[str, Rule] = {}
+
+
+def register_function(*targets: Callable | str) -> Callable[[Rule], Rule]:
+    """Decorator registering a rule for functions (``torch.cat``, ``operator.add``, ...) or, given
+    as strings, Tensor methods (``"view"``); refuses a target that already has a rule."""
+
+    def wrap(rule: Rule) -> Rule:
+        for target in targets:
+            table = _METHODS if isinstance(target, str) else _FUNCTIONS
+            if target in table:
+                name = target if isinstance(target, str) else getattr(target, "__name__", repr(target))
+                raise ValueError(f"a channel rule for {name} is already registered")
+            table[target] = rule
+        return rule
+
+    return wrap
+
+
+def rule_for(node: fx.Node) -> Rule | None:
+    """The rule of a ``call_function`` or ``call_method`` node, or ``None``."""
+    return _METHODS.get(node.target) if node.op == "call_method" else _FUNCTIONS.get(node.target)
+
+
+
+
+def on_tracked(rule: Rule) -> Rule:
+    """For rules of ops on one tensor ``args[0]`` with a tensor result: anything else is opaque,
+    and an input without tracked channels gives an output without them; ``rule`` sees the rest."""
+
+    @functools.wraps(rule)
+    def wrapped(w: RuleContext, node: fx.Node, args: list, kwargs: dict, shape: Any) -> Any:
+        x = args[0] if args else None
+        if not isinstance(x, TensorInfo) or not isinstance(shape, tuple):
+            return OPAQUE
+        if x.cdim is None:
+            return w.tk.untracked(shape)
+        return rule(w, node, args, kwargs, shape)
+
+    return wrapped
+
+
+def _arg(args: list, kwargs: dict, i: int, name: str, default: Any = None) -> Any:
+    return args[i] if len(args) > i else kwargs.get(name, default)
+
+
+def _unary(w: RuleContext, node, args, kwargs, shape):
+    tensors = [a for a in flat(args) + flat(list(kwargs.values())) if isinstance(a, (TensorInfo, ParamInfo))]
+    x = args[0] if args else None
+    if len(tensors) != 1 or not isinstance(x, TensorInfo) or not isinstance(shape, tuple) or shape != x.shape:
+        return OPAQUE
+    return x
+
+
+def _binary(w: RuleContext, node, args, kwargs, shape):
+    """Element-wise ops with broadcasting: channels of two tensors are tied; a parameter with a
+    per-channel axis (layer scale, positional embedding) becomes a sliced member."""
+    if not isinstance(shape, tuple):
+        return OPAQUE
+    operands = [a for a in args[:2] if isinstance(a, (TensorInfo, ParamInfo))]
+    if len(operands) != len(flat([a for a in args if isinstance(a, (TensorInfo, ParamInfo))])):
+        return OPAQUE
+    nd = len(shape)
+    tracked = [a for a in operands if isinstance(a, TensorInfo) and a.cdim is not None]
+    if not tracked:
+        return untracked_like(shape)
+    # The reference operand carries all the output's channels; one with a single channel
+    # broadcast over them (a spatial attention map) cannot lose it, so it is fixed.
+    tracked.sort(key=lambda a: -len(a.atoms))
+    out_cdim = tracked[0].cdim + nd - len(tracked[0].shape)
+    channels = shape[out_cdim]
+    if len(tracked[0].atoms) != channels:
+        return OPAQUE
+    for a in tracked[1:]:
+        if a.cdim + nd - len(a.shape) != out_cdim:
+            return OPAQUE
+        if len(a.atoms) == 1 and channels > 1:
+            w.tk.fix(a.atoms, f"one channel broadcast over {channels} at {where(node)}")
+            continue
+        w.tk.tie(tracked[0].atoms, a.atoms)
+    for a in operands:
+        if isinstance(a, TensorInfo) and a.cdim is not None:
+            continue
+        dim = out_cdim - (nd - len(a.shape))
+        if dim < 0 or a.shape[dim] == 1:
+            continue  # broadcast along the channels: nothing to slice
+        if isinstance(a, ParamInfo) and a.shape[dim] == channels:
+            w.tk.site(a.path, f"dim{dim}", tracked[0].atoms)
+            w.param_shapes[a.path] = a.shape
+            continue
+        return OPAQUE  # an untracked tensor with a value per channel
+    return w.tk.tensor(out_cdim, tracked[0].atoms, shape)
+
+
+def _cat(w: RuleContext, node, args, kwargs, shape):
+    tensors = _arg(args, kwargs, 0, "tensors")
+    dim = _arg(args, kwargs, 1, "dim", 0)
+    if not isinstance(shape, tuple) or not all(isinstance(t, TensorInfo) for t in tensors):
+        return OPAQUE
+    dim %= len(shape)
+    tracked = [t for t in tensors if t.cdim is not None]
+    if not tracked:
+        return w.tk.untracked(shape)
+    cdim = tracked[0].cdim
+    if any(t.cdim != cdim for t in tracked):
+        return OPAQUE
+    if dim == cdim:
+        atoms: list[int] = []
+        for t in tensors:
+            atoms += t.atoms if t.atoms is not None else w.tk.consumer_atoms(t, t.shape[dim])
+        return w.tk.tensor(cdim, atoms, shape)
+    if len(tracked) != len(tensors):
+        return OPAQUE
+    for t in tracked[1:]:
+        w.tk.tie(tracked[0].atoms, t.atoms)
+    return w.tk.tensor(cdim, tracked[0].atoms, shape)
+
+
+def _flatten(w: RuleContext, node, args, kwargs, shape):
+    x = args[0]
+    if not isinstance(x, TensorInfo) or not isinstance(shape, tuple):
+        return OPAQUE
+    out = w.tk.flatten(x, _arg(args, kwargs, 1, "start_dim", 0), _arg(args, kwargs, 2, "end_dim", -1), shape)
+    return OPAQUE if out is None else out
+
+
+@on_tracked
+def _reshape(w: RuleContext, node, args, kwargs, shape):
+    """view/reshape: allowed when the channel axis stays whole (or absorbs the dims after it, as a
+    flatten) and its new size is computed at run time (-1 or from x.size()), not a constant."""
+    x = args[0]
+    sizes = (
+        node.args[1:] if node.op == "call_method" else (node.args[1] if len(node.args) > 1 else node.kwargs["shape"])
+    )
+    if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+        sizes = sizes[0]
+    if len(sizes) != len(shape):
+        return OPAQUE
+    before = prod(x.shape[: x.cdim])
+    channels = x.shape[x.cdim]
+    # The output axis holding the channels follows dims whose sizes multiply to the same as the
+    # dims before the channels (with size-1 dims several axes qualify: the last one that fits).
+    for out_dim in reversed(range(len(shape))):
+        if prod(shape[:out_dim]) != before:
+            continue
+        for k in range(x.cdim + 1, len(x.shape) + 1):
+            repeat = prod(x.shape[x.cdim + 1 : k])
+            if shape[out_dim] == channels * repeat:
+                size_arg = sizes[out_dim]
+                if isinstance(size_arg, int) and size_arg != -1:
+                    return OPAQUE  # a constant channel count would be wrong after pruning
+                return w.tk.tensor(out_dim, [a for a in x.atoms for _ in range(repeat)], shape)
+    return OPAQUE
+
+
+@on_tracked
+def _permute(w: RuleContext, node, args, kwargs, shape):
+    x = args[0]
+    dims = list(flat(args[1:])) if len(args) > 1 else list(kwargs["dims"])
+    dims = [d % len(x.shape) for d in dims]
+    return w.tk.tensor(dims.index(x.cdim), x.atoms, shape)
+
+
+@on_tracked
+def _transpose(w: RuleContext, node, args, kwargs, shape):
+    x = args[0]
+    a, b = (_arg(args, kwargs, 1, "dim0") % len(x.shape), _arg(args, kwargs, 2, "dim1") % len(x.shape))
+    cdim = b if x.cdim == a else a if x.cdim == b else x.cdim
+    return w.tk.tensor(cdim, x.atoms, shape)
+
+
+@on_tracked
+def _reduce(w: RuleContext, node, args, kwargs, shape):
+    """mean/sum/amax over dims other than the channels."""
+    x = args[0]
+    dims = _arg(args, kwargs, 1, "dim")
+    if dims is None:
+        return OPAQUE
+    dims = sorted(d % len(x.shape) for d in (dims if isinstance(dims, (list, tuple)) else [dims]))
+    if x.cdim in dims:
+        return OPAQUE
+    keepdim = _arg(args, kwargs, 2, "keepdim", False)
+    cdim = x.cdim if keepdim else x.cdim - sum(d < x.cdim for d in dims)
+    return w.tk.tensor(cdim, x.atoms, shape)
+
+
+def _spatial(n: int):
+    @on_tracked
+    def rule(w: RuleContext, node, args, kwargs, shape):
+        x = args[0]
+        if x.cdim >= len(x.shape) - n:
+            return OPAQUE
+        return w.tk.tensor(x.cdim, x.atoms, shape)
+
+    return rule
+
+
+@on_tracked
+def _interpolate(w: RuleContext, node, args, kwargs, shape):
+    """Resizing acts on the dims after the first two (N, C, *spatial)."""
+    x = args[0]
+    if x.cdim != 1 or shape[1] != x.shape[1]:
+        return OPAQUE
+    return w.tk.tensor(1, x.atoms, shape)
+
+
+@on_tracked
+def _pad(w: RuleContext, node, args, kwargs, shape):
+    x, pad = args[0], _arg(args, kwargs, 1, "pad")
+    padded = [len(x.shape) - 1 - i for i in range(len(pad) // 2) if pad[2 * i] or pad[2 * i + 1]]
+    if x.cdim in padded:
+        return OPAQUE  # channel padding: a constant that would be wrong after pruning
+    return w.tk.tensor(x.cdim, x.atoms, shape)
+
+
+@on_tracked
+def _softmax(w: RuleContext, node, args, kwargs, shape):
+    x = args[0]
+    dim = _arg(args, kwargs, 1, "dim")
+    return OPAQUE if dim is None or dim % len(x.shape) == x.cdim else x
+
+
+@on_tracked
+def _layer_norm(w: RuleContext, node, args, kwargs, shape):
+    x, normalized = args[0], _arg(args, kwargs, 1, "normalized_shape")
+    return OPAQUE if x.cdim >= len(x.shape) - len(normalized) else x
+
+
+def _getitem(w: RuleContext, node, args, kwargs, shape):
+    x, index = args
+    if isinstance(x, list):
+        return x[index] if isinstance(index, int) else OPAQUE
+    if not isinstance(x, TensorInfo) or not isinstance(shape, tuple):
+        return OPAQUE
+    if x.cdim is None:
+        return w.tk.untracked(shape)
+    index = index if isinstance(index, tuple) else (index,)
+    if any(i is Ellipsis for i in index):
+        at = index.index(Ellipsis)
+        fill = len(x.shape) - sum(1 for i in index if i is not None and i is not Ellipsis)
+        index = index[:at] + (slice(None),) * fill + index[at + 1 :]
+    in_dim = out_dim = 0
+    cdim = None
+    for item in index:
+        if item is None:
+            out_dim += 1
+            continue
+        if in_dim == x.cdim:
+            if item != slice(None):
+                return OPAQUE  # channel selection by constant indices
+            cdim = out_dim
+        if isinstance(item, slice):
+            out_dim += 1
+        elif not isinstance(item, int):
+            return OPAQUE  # advanced indexing
+        in_dim += 1
+    if cdim is None:
+        cdim = out_dim + (x.cdim - in_dim)
+    return w.tk.tensor(cdim, x.atoms, shape)
+
+
+def _split(w: RuleContext, node, args, kwargs, shape):
+    """chunk/split/unbind: along the channels the pieces' sizes are constants -> opaque."""
+    x = args[0]
+    dim = _arg(args, kwargs, 2, "dim", 0)
+    if node.target == "unbind" or getattr(node.target, "__name__", "") == "unbind":
+        dim = _arg(args, kwargs, 1, "dim", 0)
+    if not isinstance(x, TensorInfo) or not isinstance(shape, list):
+        return OPAQUE
+    if x.cdim is None:
+        return untracked_like(shape)
+    if dim % len(x.shape) == x.cdim:
+        return OPAQUE
+    return [w.tk.tensor(x.cdim - (len(x.shape) - len(s)), x.atoms, s) for s in shape]
+
+
+def _no_tensor(w: RuleContext, node, args, kwargs, shape):
+    return untracked_like(shape)
+
+
+def _stochastic_depth_rule(w, node, args, kwargs, shape):
+    return _unary(w, node, args[:1], {}, shape)
+
+
+register_function(
+    F.relu, F.relu6, F.elu, F.selu, F.celu, F.leaky_relu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
+    F.hardtanh, F.softplus, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+    torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.clamp, torch.clip, torch.abs, torch.neg, torch.exp,
+    F.sigmoid, F.tanh, operator.neg, torch.square, torch.sqrt,
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clip", "contiguous", "clone",
+    "float", "half", "double", "bfloat16", "to", "type_as", "detach", "abs", "neg", "exp", "sqrt", "square",
+)(_unary)  # fmt: skip
+register_function(
+    operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul, operator.truediv,
+    operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum,
+    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_",
+)(_binary)  # fmt: skip
+register_function(torch.cat, torch.concat, torch.concatenate)(_cat)
+register_function(torch.flatten, "flatten")(_flatten)
+register_function(torch.reshape, "view", "reshape")(_reshape)
+register_function(torch.permute, "permute")(_permute)
+register_function(torch.transpose, "transpose")(_transpose)
+register_function(torch.mean, torch.sum, torch.amax, "mean", "sum", "amax")(_reduce)
+register_function(F.pad)(_pad)
+register_function(F.interpolate)(_interpolate)
+register_function(F.softmax, F.log_softmax, torch.softmax, "softmax", "log_softmax")(_softmax)
+register_function(F.layer_norm)(_layer_norm)
+register_function(operator.getitem)(_getitem)
+register_function(torch.chunk, torch.split, torch.unbind, "chunk", "split", "unbind")(_split)
+register_function(getattr, "size", "dim")(_no_tensor)
+register_function(F.adaptive_avg_pool1d, F.adaptive_max_pool1d, F.avg_pool1d, F.max_pool1d)(_spatial(1))
+register_function(F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d)(_spatial(2))
+register_function(F.adaptive_avg_pool3d, F.avg_pool3d, F.max_pool3d)(_spatial(3))
+try:  # torchvision's stochastic depth is wrapped for fx; it scales whole samples, so channels pass through
+    from torchvision.ops import stochastic_depth as _sd
+
+    register_function(_sd)(_stochastic_depth_rule)
+except ImportError:  # pragma: no cover
+    pass

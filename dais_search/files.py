@@ -1,0 +1,47 @@
+"""Atomic file writes: readers see the old file or the new one, never a part-written one.
+
+Every file a run writes (checkpoints, plans, metrics, configs) goes through :func:`atomic_write`:
+a temporary file beside the target, flushed and fsynced, then ``os.replace``d over it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+import torch
+
+__all__ = ["atomic_torch_save", "atomic_write", "write_json"]
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Calls ``write(file)`` on a temporary file beside ``path``, fsyncs it and moves it over
+    ``path``; the folder is created if needed. On any error the target is left as it was."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` through :func:`atomic_write`."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """``obj`` as indented JSON through :func:`atomic_write` (encoded before anything is written)."""
+    text = json.dumps(obj, indent=1) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))

@@ -1,0 +1,26 @@
+"""The stages end to end, from budget files and data specs, resumable: what the command line runs.
+
+    common.py           device, dense model from a checkpoint, early input checks
+    search_stage.py     run_search: budget file -> OUT/plan.json, pruned.pt, metrics.json, tb/
+    finetune_stage.py   the student of a plan fine-tuned, folded and exported (finetune_plan)
+    main_job.py         run_pipeline: search -> fine-tune -> fold -> export -> report
+    train_job.py        run_train: dense training from a data spec (TrainJob)
+"""
+
+from .common import check_budget_inputs, load_dense, resolve_device
+from .finetune_stage import finetune_plan, student_of
+from .main_job import run_pipeline
+from .search_stage import run_search
+from .train_job import TrainJob, run_train
+
+__all__ = [
+    "TrainJob",
+    "check_budget_inputs",
+    "finetune_plan",
+    "load_dense",
+    "resolve_device",
+    "run_pipeline",
+    "run_search",
+    "run_train",
+    "student_of",
+]

@@ -1,0 +1,42 @@
+"""The fine-tune stage: the student a plan prunes to, fine-tuned from its teacher, exported as a bundle.
+
+Shared by ``dais-search finetune`` and the main job (``dais-search run``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..channels import ChannelPlan
+from ..checkpoint import load_checkpoint, load_state_dict_strict
+from ..data import DataSplits, make_loader
+from ..finetune import FinetuneConfig, export, finetune
+
+__all__ = ["finetune_plan", "student_of"]
+
+
+def student_of(plan: ChannelPlan, teacher: nn.Module, weights: str | os.PathLike | None = None) -> nn.Module:
+    """``plan.apply(teacher)`` (which checks that the plan fits the teacher), with the pruned weights
+    of ``weights`` (a checkpoint, e.g. the search's ``pruned.pt``) when given."""
+    student = plan.apply(teacher)
+    if weights is not None:
+        load_state_dict_strict(student, load_checkpoint(weights)["state_dict"], f"student {str(weights)!r}")
+    return student
+
+
+def finetune_plan(plan: ChannelPlan, teacher: nn.Module, student: nn.Module, splits: DataSplits,
+                  config: FinetuneConfig, out: str | Path, model_name: str, num_classes: int, normalize: str,
+                  batch_size: int = 128, workers: int = 2, budget_file: str | None = None,
+                  progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Fine-tunes ``student`` on all training images (BENCH.md: the search's batch size and seed),
+    folds it and exports ``out/``; returns the fine-tune metrics (also in ``out/metrics.json``)."""
+    image = plan.input_shape[-1]
+    train = make_loader(splits.train, batch_size, True, normalize, config.seed, workers, image, True)
+    test = make_loader(splits.test, 256, False, normalize, workers=workers, image_size=image)
+    result = finetune(student, teacher, train, config, plan=plan, test_loader=test, progress=progress)
+    export(result.model, plan, result.metrics, out, model_name, num_classes, normalize, budget_file)
+    return result.metrics

@@ -1,0 +1,96 @@
+"""The main job: search -> prune -> LOP + distillation fine-tune -> fold -> export -> report, resumable per stage."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..budget import Budget
+from ..channels import ChannelPlan
+from ..checkpoint import load_checkpoint
+from ..cost import interleaved_latency
+from ..data import load_dataset
+from ..errors import UserError
+from ..files import write_json
+from ..finetune import FinetuneConfig, distill_layers
+from ..models import create_model
+from ..report import format_table
+from .common import check_budget_inputs, load_dense
+from .finetune_stage import finetune_plan, student_of
+from .search_stage import run_search
+
+__all__ = ["run_pipeline"]
+
+log = logging.getLogger("dais_search")
+
+
+def run_pipeline(budget: Budget, budget_path: str, out: str, resume: bool = False, device: str = "cpu",
+                 progress: bool = True, overrides: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The main job: search -> prune -> LOP + distillation fine-tune -> fold -> export.
+
+    Resumable per stage with ``resume``: a finished search (``plan.json``) or fine-tune
+    (``bundle/metrics.json``) is not run again, an interrupted search continues from its state.
+    Writes ``OUT/summary.json`` and prints dense vs pruned accuracy, FLOPs, params and latency.
+    """
+    check_budget_inputs(budget)
+    config = FinetuneConfig(**dataclasses.asdict(budget.finetune), seed=budget.search.seed)
+    try:  # before the search, not after it
+        distill_layers(create_model(budget.model.name), config)
+    except ValueError as exc:
+        raise UserError(f"{budget_path}: [finetune] {exc}") from exc
+    out_dir = Path(out)
+    if not resume and out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"{out_dir} is not empty; pass --resume to continue its stages or choose another --out")
+    if resume and (out_dir / "plan.json").is_file() and (out_dir / "metrics.json").is_file():
+        log.info("search: done already (%s)", out_dir / "plan.json")
+        search_metrics = json.loads((out_dir / "metrics.json").read_text())
+    else:
+        search_metrics = run_search(budget, budget_path, out, resume and (out_dir / "state.pt").is_file(), device,
+                                    progress, overrides)  # fmt: skip
+
+    plan = ChannelPlan.load(out_dir / "plan.json")
+    dspec = budget.data
+    splits = load_dataset(dspec.dataset, dspec.data_dir)
+    num_classes = plan.meta.get("num_classes") or splits.num_classes
+    teacher = load_dense(budget.model.name, budget.model.checkpoint, num_classes).to(device).eval()
+    bundle = out_dir / "bundle"
+    if resume and (bundle / "metrics.json").is_file():
+        log.info("fine-tune: done already (%s)", bundle)
+        ft_metrics = json.loads((bundle / "metrics.json").read_text())
+    else:
+        student = student_of(plan, teacher, out_dir / "pruned.pt")
+        ft_metrics = finetune_plan(plan, teacher, student, splits, config, bundle, budget.model.name, num_classes,
+                                   dspec.normalize, dspec.batch_size, dspec.workers, budget_path, progress)  # fmt: skip
+    deployed = plan.apply(teacher)
+    deployed.load_state_dict(load_checkpoint(bundle / "model.pt")["state_dict"])
+    deployed.eval()
+
+    latency = {}
+    for batch in (1, dspec.batch_size):
+        times = interleaved_latency({"dense": teacher, "pruned": deployed},
+                                    torch.randn(batch, *plan.input_shape[1:], device=device), 20, 5)  # fmt: skip
+        latency[batch] = {k: 1e3 * sorted(v)[len(v) // 2] for k, v in times.items()}
+    summary = {
+        "budget": str(budget_path),
+        "dense": {"test_top1": search_metrics["dense_test_top1"], "flops": plan.dense_flops,
+                  "params": plan.dense_params, "latency_ms": {b: v["dense"] for b, v in latency.items()}},
+        "pruned": {"test_top1": ft_metrics["test_top1"], "flops": plan.flops, "params": plan.params,
+                   "latency_ms": {b: v["pruned"] for b, v in latency.items()},
+                   "test_top1_before_finetune": search_metrics["pruned_test_top1"]},
+        "flops_over_target": search_metrics["flops_over_target"],
+    }  # fmt: skip
+    write_json(out_dir / "summary.json", summary)
+    b1, bn = 1, dspec.batch_size
+    rows = [
+        [name, f"{s['test_top1']:.2f}", f"{s['flops']:,}", f"{s['params']:,}", f"{s['latency_ms'][b1]:.2f}",
+         f"{s['latency_ms'][bn]:.1f}"]
+        for name, s in (("dense", summary["dense"]), ("pruned (fine-tuned, folded)", summary["pruned"]))
+    ]  # fmt: skip
+    print(format_table(rows, ["model", "test top-1 %", "FLOPs", "params", "CPU ms (batch 1)", f"CPU ms (batch {bn})"]))
+    print(f"exported: {bundle}/model.ts (TorchScript), {bundle}/model.pt, {bundle}/plan.json")
+    return summary

@@ -1,0 +1,115 @@
+"""The search stage from a budget file: data and model loaded, :func:`dais_search.search` run, files written.
+
+Everything needed to reproduce a run is written next to its outputs::
+
+    OUT/budget.toml      the budget file as given          OUT/config.json  resolved budget, overrides, versions
+    OUT/state.pt         the search state after each epoch (``--resume`` continues from it)
+    OUT/plan.json        the binarised plan                 OUT/pruned.pt    the pruned, BN-recalibrated model
+    OUT/metrics.json     accuracies, FLOPs, timings         OUT/tb/          TensorBoard events
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..budget import Budget
+from ..checkpoint import save_checkpoint
+from ..data import load_dataset, make_loader, train_val_split
+from ..errors import UserError
+from ..files import write_json
+from ..report import format_table, library_versions
+from ..search import search, uniform_plan
+from ..train import evaluate, recalibrate_bn
+from .common import check_budget_inputs, load_dense
+
+__all__ = ["run_search"]
+
+
+def run_search(budget: Budget, budget_path: str, out: str, resume: bool = False, device: str = "cpu",
+               progress: bool = True, overrides: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Runs the search a budget describes; returns the metrics also written to ``OUT/metrics.json``."""
+    check_budget_inputs(budget)
+    out_dir = Path(out)
+    state_path = out_dir / "state.pt"
+    if resume and not state_path.is_file():
+        raise UserError(f"--resume: {out_dir} holds no search state (state.pt); start without --resume")
+    if not resume and (state_path.is_file() or (out_dir / "plan.json").is_file()):
+        raise UserError(f"{out_dir} already holds a search; pass --resume to continue it or choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        shutil.copyfile(budget_path, out_dir / "budget.toml")
+        write_json(out_dir / "config.json", {"budget": budget.to_dict(), "overrides": overrides or {},
+                                             "versions": library_versions(), "command": " ".join(sys.argv),
+                                             "device": device})  # fmt: skip
+
+    spec, dspec = budget.search, budget.data
+    torch.manual_seed(spec.seed)
+    splits = load_dataset(dspec.dataset, dspec.data_dir)
+    train, held = train_val_split(splits.train, dspec.held_out, dspec.split_seed)
+    num_classes = budget.model.num_classes or splits.num_classes
+    model = load_dense(budget.model.name, budget.model.checkpoint, num_classes).to(device)
+    dense = copy.deepcopy(model).eval()  # the teacher / the baseline's starting point
+    size = budget.budget.input_size or splits.input_size
+    shape, image = (1, *size), size[-1]
+    train_loader = make_loader(train, dspec.batch_size, True, dspec.normalize, spec.seed, dspec.workers, image, True,
+                               dspec.augment)  # fmt: skip
+    val_loader = make_loader(held, dspec.batch_size, True, dspec.normalize, spec.seed + 1, dspec.workers, image, True,
+                             dspec.augment)  # fmt: skip
+
+    result = search(model, budget, train_loader, val_loader, torch.zeros(shape, device=device),
+                    log_dir=out_dir / "tb", state_path=state_path, resume=resume, progress=progress)  # fmt: skip
+    plan, pruned = result.plan, result.pruned
+    plan.meta.update(model=budget.model.name, num_classes=num_classes, budget=str(budget_path))
+    plan.save(out_dir / "plan.json")
+    save_checkpoint(out_dir / "pruned.pt", pruned, budget.model.name, num_classes, normalize=dspec.normalize,
+                    plan=plan.to_dict())  # fmt: skip
+
+    # Reported beside the result: uniform L1 pruning of the dense model at the same FLOPs.
+    baseline_plan = uniform_plan(dense, shape, plan.flops, budget.budget.ignore)
+    baseline = recalibrate_bn(baseline_plan.apply(dense), train_loader, spec.recalibrate_batches)
+
+    def accuracy(m, data) -> float:
+        loader = make_loader(data, 256, False, dspec.normalize, workers=dspec.workers, image_size=image)
+        return evaluate(m, loader, progress=False)["top1"]
+
+    found = dict(result.metrics)
+    history = found.pop("history")
+    metrics = {
+        "budget": str(budget_path),
+        **found,
+        "pruned_held_out_top1": accuracy(pruned, held),
+        "pruned_test_top1": accuracy(pruned, splits.test),
+        "uniform_l1": {
+            "flops": baseline_plan.flops,
+            "held_out_top1": accuracy(baseline, held),
+            "test_top1": accuracy(baseline, splits.test),
+        },
+        "dense_test_top1": accuracy(dense, splits.test),
+        "history": history,
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    _print_report(metrics, plan, baseline_plan, out_dir)
+    return metrics
+
+
+def _print_report(metrics: dict[str, Any], plan, baseline_plan, out_dir: Path) -> None:
+    rows = [
+        ["dense", f"{plan.dense_flops:,}", "1.000", f"{plan.dense_params:,}", "", f"{metrics['dense_test_top1']:.2f}"],
+        ["searched (pruned + BN recal.)", f"{plan.flops:,}", f"{plan.flops_ratio:.3f}", f"{plan.params:,}",
+         f"{metrics['pruned_held_out_top1']:.2f}", f"{metrics['pruned_test_top1']:.2f}"],
+        ["uniform L1 (+ BN recal.)", f"{baseline_plan.flops:,}", f"{baseline_plan.flops_ratio:.3f}",
+         f"{baseline_plan.params:,}", f"{metrics['uniform_l1']['held_out_top1']:.2f}",
+         f"{metrics['uniform_l1']['test_top1']:.2f}"],
+    ]  # fmt: skip
+    print(format_table(rows, ["model", "FLOPs", "ratio", "params", "held-out top-1 %", "test top-1 %"]))
+    ratios = ", ".join(f"{r:.2f}" for r in metrics["search_epoch_over_dense_epoch"])
+    print(f"FLOPs / target {metrics['flops_over_target']:.4f}; binarization gap {metrics['binarization_gap']:.4f}; "
+          f"search {metrics['search_seconds']:.0f} s, per epoch {ratios} x a dense epoch "
+          f"({metrics['dense_epoch_seconds']:.0f} s, from timed steps)")  # fmt: skip
+    print(f"plan: {out_dir / 'plan.json'}   (dais-search flops --plan {out_dir / 'plan.json'})")

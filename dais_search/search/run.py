@@ -1,0 +1,209 @@
+"""The search stage as one library call: your model and loaders in, a plan and a pruned model out.
+
+:func:`search` runs the :class:`~.searcher.Searcher` for ``budget.search.epochs`` epochs over any
+iterables of ``(x, y)`` batches (plain ``torch.utils.data.DataLoader``\\ s, or our loaders),
+binarises onto the budget, slices the model and recalibrates its BN statistics. The command line
+(``dais-search search``) is this function plus data loading, files and a report.
+
+Example:
+    >>> budget = Budget(budget=BudgetSpec(flops="50%"), search=SearchSpec(epochs=2))
+    >>> result = search(model, budget, train_loader, held_out_loader, torch.zeros(1, 3, 32, 32))
+    >>> result.plan.save("runs/mine/plan.json"); result.pruned   # a plain, smaller nn.Module
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..budget import Budget, check_budget
+from ..channels import ChannelPlan
+from ..errors import UserError
+from ..files import atomic_torch_save
+from ..monitor import MetricWriter, indicator_heatmap
+from ..train import recalibrate_bn, time_train_steps
+from .schedules import get_schedule
+from .searcher import Searcher
+
+__all__ = ["SearchResult", "search"]
+
+log = logging.getLogger("dais_search")
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class SearchResult:
+    """What :func:`search` returns.
+
+    Attributes:
+        plan: the binarised plan (kept channels per group, FLOPs, the budget in ``meta.target_flops``).
+        pruned: the model the plan slices to, with the searched weights and recalibrated BN.
+        metrics: FLOPs against the target, binarisation gap, timings and the per-epoch history.
+    """
+
+    plan: ChannelPlan
+    pruned: nn.Module
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def search(
+    model: nn.Module,
+    budget: Budget,
+    train_loader: Batches,
+    held_out_loader: Batches,
+    example_input: torch.Tensor,
+    *,
+    log_dir: str | os.PathLike | None = None,
+    state_path: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> SearchResult:
+    """Searches which channels of ``model`` to keep under ``budget`` (DAIS + DSA, bi-level).
+
+    Weights take SGD steps on ``train_loader``'s batches, indicators and keep ratios Adam steps
+    on ``held_out_loader``'s (see :mod:`.searcher`); ``budget.search`` sets epochs, learning
+    rates, temperatures and the mode, ``budget.budget`` the FLOPs target (the ``model``,
+    ``data`` and ``finetune`` sections are not used here).
+
+    Args:
+        model: the trained dense model, on the device to search on. Its weights are trained in
+            place: pass a copy to keep the dense one.
+        budget: a :class:`~dais_search.budget.Budget` from :func:`~dais_search.budget.load_budget`
+            or built in Python.
+        train_loader, held_out_loader: iterables of ``(images, labels)`` batches with ``len()``;
+            one pass over ``train_loader`` is an epoch (or ``search.max_steps`` batches of it).
+        example_input: an input of the shape the budget is measured at (batch 1).
+        log_dir: write TensorBoard events there (temperature, FLOPs / target, multiplier, losses,
+            binarisation gap, keep ratios, mask histograms and images, the final plan).
+        state_path: save the search state there after every epoch; with ``resume`` continue from it.
+        progress: show progress bars.
+        on_epoch: called with each epoch's statistics.
+
+    Returns:
+        The plan, the pruned and BN-recalibrated model, and the metrics.
+
+    Raises:
+        UserError: an invalid budget, or ``resume`` without a saved state.
+    """
+    budget = check_budget(budget)
+    spec = budget.search
+    get_schedule(spec.temperature_schedule)  # an unknown schedule fails here, not after the first epoch
+    if resume and (state_path is None or not os.path.isfile(state_path)):
+        raise UserError(f"resume: no search state at {state_path}; start without resume")
+    torch.manual_seed(spec.seed)
+    dense = copy.deepcopy(model)  # the dense weights, for timing dense steps at the end
+    steps = len(train_loader) if not spec.max_steps else min(spec.max_steps, len(train_loader))
+    gate_every = spec.gate_every or max(1, len(train_loader) // max(1, len(held_out_loader)))
+    searcher = Searcher(model, budget, example_input, steps)
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if resume:
+        state = torch.load(state_path, map_location=example_input.device, weights_only=False)
+        model.load_state_dict(state["model"])
+        searcher.load_state_dict(state["searcher"])
+        start_epoch, history = state["epoch"], state["history"]
+        for loader in (train_loader, held_out_loader):
+            if hasattr(loader, "epoch"):
+                loader.epoch = start_epoch  # our BatchLoader: the same shuffles as an uninterrupted run
+
+    writer = MetricWriter(log_dir) if log_dir is not None else None
+    on_gate_step = _gate_step_logger(writer) if writer is not None else None
+    for epoch in range(start_epoch, spec.epochs):
+        stats = searcher.run_epoch(epoch, train_loader, held_out_loader, gate_every, spec.max_steps, progress,
+                                   on_gate_step)  # fmt: skip
+        masks = [m.detach() for m in searcher.gates()]
+        stats["binarization_gap"] = searcher.gates.binarization_gap(masks)
+        stats["flops_ratio"] = (
+            float(searcher.flops_model.flops(searcher.gates.expected_width(masks))) / searcher.flops_target
+        )
+        history.append(stats)
+        if writer is not None:
+            _log_epoch(writer, searcher, stats, masks)
+        if state_path is not None:
+            atomic_torch_save({"model": model.state_dict(), "searcher": searcher.state_dict(), "epoch": epoch + 1,
+                               "history": history}, state_path)  # fmt: skip
+        log.info("search epoch %d/%d: %s", epoch + 1, spec.epochs,
+                 ", ".join(f"{k} {v:.4g}" for k, v in stats.items() if isinstance(v, float)))  # fmt: skip
+        if on_epoch is not None:
+            on_epoch(stats)
+
+    plan = searcher.binarize()
+    pruned = recalibrate_bn(plan.apply(model), train_loader, spec.recalibrate_batches)
+    dense_step = _time_dense_steps(dense, train_loader, min(20, steps))
+    for h in history:
+        h["dense_epoch_seconds"] = dense_step * steps
+        h["search_over_dense_epoch"] = h["seconds"] / max(dense_step * steps, 1e-9)
+    if writer is not None:
+        writer.text("plan/final", "```\n" + plan_json_excerpt(plan) + "\n```", searcher.step)
+        writer.close()
+    metrics = {
+        "mode": spec.mode,
+        "dense_flops": plan.dense_flops,
+        "target_flops": searcher.flops_target,
+        "flops": plan.flops,
+        "flops_over_target": plan.flops / searcher.flops_target,
+        "params": plan.params,
+        "dense_params": plan.dense_params,
+        "binarization_gap": history[-1]["binarization_gap"] if history else None,
+        "search_seconds": sum(h["seconds"] for h in history),
+        "dense_epoch_seconds": dense_step * steps,
+        "search_epoch_over_dense_epoch": [h["search_over_dense_epoch"] for h in history],
+        "history": history,
+    }
+    return SearchResult(plan, pruned, metrics)
+
+
+def plan_json_excerpt(plan: ChannelPlan, limit: int = 60_000) -> str:
+    """The plan's JSON, cut to what a TensorBoard text panel shows."""
+    return json.dumps(plan.to_dict(), indent=1)[:limit]
+
+
+def _gate_step_logger(writer: MetricWriter) -> Callable[[Searcher, dict[str, float], float], None]:
+    def on_gate_step(s: Searcher, stats: dict[str, float], temperature: float) -> None:
+        scalars = {
+            "search/temperature": temperature,
+            "search/flops_ratio": stats["flops_ratio"],
+            "search/lambda": s.lam,
+            "search/val_loss": stats["val_loss"],
+            "search/binarization_gap": s.gates.binarization_gap(s.gates()),
+        }
+        if s.params_target is not None:
+            scalars["search/lambda_params"] = s.lam_params
+        writer.scalars(s.step, scalars)
+
+    return on_gate_step
+
+
+def _log_epoch(writer: MetricWriter, searcher: Searcher, stats: dict[str, Any], masks: list[torch.Tensor]) -> None:
+    step = searcher.step
+    writer.scalars(step, {"search/task_loss": stats["train_loss"], "search/train_top1": stats["train_top1"],
+                          "search/val_top1": stats["val_top1"]})  # fmt: skip
+    for g, m in zip(searcher.groups, masks, strict=True):
+        writer.scalars(step, {f"keep/{g.name}": float(m.sum()) / g.size})
+        writer.histogram(f"mask/{g.name}", m, step)
+    writer.image("search/indicators", indicator_heatmap(masks), step)
+    writer.flush()
+
+
+def _time_dense_steps(dense: nn.Module, loader: Batches, steps: int) -> float:
+    """Seconds per plain training step of the dense model (trained by the timing: a copy).
+
+    Timed after the search, so that it cannot shift the search's data order; our loaders' pass
+    counter is put back, so that what reads them next sees the same batches as without it.
+    """
+    epoch = getattr(loader, "epoch", None)
+    seconds = time_train_steps(dense, loader, steps)
+    if epoch is not None:
+        loader.epoch = epoch
+    return seconds

@@ -1,0 +1,254 @@
+"""The search: bi-level DAIS + DSA under a FLOPs budget, then binarisation onto the budget.
+
+Weights take SGD steps on the train split; indicators and keep ratios take Adam steps on the
+held-out split (first order, DARTS style), ``gate_every`` weight steps per gate step, one
+iterator per split per epoch. The gate loss is the held-out task loss plus an augmented
+Lagrangian on the relative FLOPs error ``r = F(w) / F_target - 1`` of the soft widths ``w``
+(differentiable :class:`~dais_search.channels.FlopsModel`)::
+
+    L_gate = CE + lambda * r + rho / 2 * r^2,      lambda <- lambda + rho * r   (after each gate step)
+
+so the soft network converges onto the budget instead of being pushed by a fixed penalty
+weight (an optional parameter budget adds a second, one-sided term). The temperature anneals
+from ``temperature_start`` to ``temperature_end`` over the search.
+
+At the end each group keeps its top channels by indicator (as many as ``alpha > 0`` in ``dais``
+mode, the rounded expected width otherwise); then the *hard* network is repaired onto
+``0.99 x target <= FLOPs <= target`` by removing the kept unit (channel, or block) with the
+smallest soft mask per FLOP saved, and adding back the dropped unit with the largest mask per
+FLOP cost while it fits; BN statistics are recalibrated on training batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..budget import Budget
+from ..channels import ChannelGraph, ChannelPlan, FlopsModel, trace_channels
+from ..train import cosine_schedule, make_sgd, train_step
+from .gates import ChannelGates, attach_gates
+from .importance import log_importance
+from .repair import repair, whole_units
+from .schedules import temperature_at
+
+__all__ = ["Searcher", "StepStats"]
+
+log = logging.getLogger("dais_search")
+
+
+@dataclass
+class StepStats:
+    """Loss, correct predictions and batch size of one weight step."""
+
+    loss: float
+    correct: int
+    seen: int
+
+
+class Searcher:
+    """Owns the gated model, the two optimizers, the multiplier and the schedules.
+
+    Args:
+        model: the dense model (its weights are trained in place).
+        budget: the parsed budget.
+        example_input: an input of the shape the budget is measured at (batch 1).
+        steps_per_epoch: weight steps in one epoch (for the schedules).
+    """
+
+    def __init__(self, model: nn.Module, budget: Budget, example_input: torch.Tensor, steps_per_epoch: int) -> None:
+        self.model, self.budget = model, budget
+        self.input_shape = tuple(example_input.shape)
+        spec = budget.search
+        self.graph: ChannelGraph = trace_channels(model, example_input, budget.budget.ignore)
+        self.flops_model = FlopsModel(self.graph, model, example_input)
+        self.groups = self.flops_model.groups
+        if not self.groups:
+            raise ValueError("the model has no prunable channel group; nothing to search")
+        self.flops_target = budget.flops_target(self.flops_model.dense_flops)
+        self.params_target = budget.params_target(self.flops_model.dense_params)
+        criterion = "bn" if spec.mode == "dsa" else "l1"  # DSA ranks by BN scale, DAIS starts from filter norms
+        start_keep = _uniform_keep(self.flops_model, self.flops_target)  # start on the budget
+        scores = [log_importance(criterion, model, g) for g in self.groups]
+        self.gates = ChannelGates(self.groups, spec.mode, scores, start_keep, spec.temperature_start)
+        self.gates.to(example_input.device)
+        self.gated = attach_gates(self.graph, self.gates)
+        self.weight_params = [p for p in model.parameters() if p.requires_grad]
+        self.gate_params = list(self.gates.parameters())
+        self.w_opt = make_sgd(model, spec.weight_lr, spec.momentum, spec.weight_decay)
+        self.w_sched = cosine_schedule(self.w_opt, spec.epochs * steps_per_epoch)
+        self.g_opt = torch.optim.Adam(self.gate_params, lr=spec.gate_lr, betas=(0.5, 0.999),
+                                      weight_decay=spec.gate_weight_decay)  # fmt: skip
+        self.lam = 0.0
+        self.lam_params = 0.0
+        self.total_steps = spec.epochs * steps_per_epoch
+        self.step = 0
+        log.info(
+            "search: %d prunable groups (%d channels), %d weight / %d gate tensors; FLOPs target %.0f (dense %d)",
+            len(self.groups), sum(g.size for g in self.groups), len(self.weight_params), len(self.gate_params),
+            self.flops_target, self.flops_model.dense_flops,
+        )  # fmt: skip
+
+    # -- steps ---------------------------------------------------------------------------------
+    def _set_trainable(self, weights: bool) -> None:
+        # Only the side being stepped gets gradients: halves the backward work of each step.
+        for p in self.weight_params:
+            p.requires_grad_(weights)
+        for p in self.gate_params:
+            p.requires_grad_(not weights)
+
+    def set_progress(self, progress: float) -> float:
+        spec = self.budget.search
+        t = temperature_at(progress, spec.temperature_start, spec.temperature_end, spec.temperature_schedule)
+        self.gates.temperature.fill_(t)
+        return t
+
+    def weight_step(self, x: torch.Tensor, y: torch.Tensor) -> StepStats:
+        """One SGD step of the weights on a train batch (gates fixed)."""
+        self._set_trainable(weights=True)
+        self.gated.train()
+        out = train_step(self.gated, x, y, self.w_opt, self.w_sched)
+        self.step += 1
+        return StepStats(float(out["loss"].detach()), int((out["output"].detach().argmax(1) == y).sum()), len(y))
+
+    def budget_terms(self, masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(penalty, relative FLOPs error, relative params excess) of the soft widths."""
+        widths = self.gates.expected_width(masks)
+        rho = self.budget.search.rho
+        r = self.flops_model.flops(widths) / self.flops_target - 1
+        penalty = self.lam * r + rho / 2 * r**2
+        rp = None
+        if self.params_target is not None:
+            rp = self.flops_model.params(widths) / self.params_target - 1
+            penalty = penalty + self.lam_params * rp + rho / 2 * F.relu(rp) ** 2
+        return penalty, r, rp
+
+    def gate_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """One Adam step of indicators and keep ratios on a held-out batch, then the dual update."""
+        self._set_trainable(weights=False)
+        self.gated.train()
+        masks = self.gates()
+        out = self._forward_with(x, masks)
+        task = F.cross_entropy(out, y)
+        penalty, r, rp = self.budget_terms(masks)
+        loss = task + penalty.to(task.dtype)
+        self.g_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.g_opt.step()
+        rho = self.budget.search.rho
+        self.lam += rho * float(r.detach())
+        if rp is not None:
+            self.lam_params = max(0.0, self.lam_params + rho * float(rp.detach()))
+        self._set_trainable(weights=True)
+        return {"val_loss": float(task.detach()), "val_correct": int((out.detach().argmax(1) == y).sum()),
+                "val_seen": len(y), "flops_ratio": float(r.detach()) + 1}  # fmt: skip
+
+    def _forward_with(self, x: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
+        # The penalty and the forward pass must use the same masks (one allocation solve per step).
+        self.gates.fixed_masks = masks
+        try:
+            return self.gated(x)
+        finally:
+            self.gates.fixed_masks = None
+
+    # -- an epoch -------------------------------------------------------------------------------
+    def run_epoch(self, epoch: int, train_loader: Iterable, val_loader: Iterable, gate_every: int,
+                  max_steps: int = 0, progress: bool = True, on_step=None) -> dict[str, float]:  # fmt: skip
+        """One pass over the train split with a gate step every ``gate_every`` weight steps."""
+        spec = self.budget.search
+        steps = len(train_loader) if not max_steps else min(max_steps, len(train_loader))
+        val_iter = iter(val_loader)
+        totals = {
+            "loss": 0.0,
+            "correct": 0,
+            "seen": 0,
+            "val_loss": 0.0,
+            "val_correct": 0,
+            "val_seen": 0,
+            "gate_steps": 0,
+        }
+        start = time.perf_counter()
+        bar = tqdm(total=steps, desc=f"search {epoch + 1}/{spec.epochs}", leave=False, disable=not progress,
+                   dynamic_ncols=True)  # fmt: skip
+        for i, (x, y) in enumerate(train_loader):
+            if i >= steps:
+                break
+            t = self.set_progress((epoch * steps + i) / max(1, spec.epochs * steps - 1))
+            s = self.weight_step(x, y)
+            totals["loss"] += s.loss * s.seen
+            totals["correct"] += s.correct
+            totals["seen"] += s.seen
+            if (i + 1) % gate_every == 0:
+                batch = next(val_iter, None)
+                if batch is not None:
+                    g = self.gate_step(*batch)
+                    totals["val_loss"] += g["val_loss"] * g["val_seen"]
+                    totals["val_correct"] += g["val_correct"]
+                    totals["val_seen"] += g["val_seen"]
+                    totals["gate_steps"] += 1
+                    if on_step is not None:
+                        on_step(self, g, t)
+            bar.update(1)
+            if progress and i % 20 == 0:
+                with torch.no_grad():
+                    ratio = float(self.flops_model.flops(self.gates.expected_width())) / self.flops_target
+                bar.set_postfix(loss=f"{s.loss:.3f}", T=f"{t:.3g}", flops=f"{ratio:.3f}", lam=f"{self.lam:.2f}")
+        bar.close()
+        seen, vseen = max(totals["seen"], 1), max(totals["val_seen"], 1)
+        return {
+            "epoch": epoch + 1,
+            "seconds": time.perf_counter() - start,
+            "train_loss": totals["loss"] / seen,
+            "train_top1": 100.0 * totals["correct"] / seen,
+            "val_loss": totals["val_loss"] / vseen,
+            "val_top1": 100.0 * totals["val_correct"] / vseen,
+            "gate_steps": totals["gate_steps"],
+        }
+
+    # -- the end ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def binarize(self) -> ChannelPlan:
+        """Top channels per group by indicator, repaired onto the budget on the hard network."""
+        masks = self.gates()
+        counts = self.gates.hard_counts(masks)
+        scores = self.gates.channel_scores()
+        kept = {}
+        for g, n, s in zip(self.groups, counts, scores, strict=True):
+            order = torch.argsort(s, descending=True)
+            kept[g.id] = whole_units(g, order, max(n, g.min_keep, self.budget.budget.min_keep))
+        kept = repair(self.flops_model, kept, [m.detach().cpu() for m in masks], self.flops_target,
+                      self.params_target, self.budget.budget.min_keep)  # fmt: skip
+        return ChannelPlan.create(self.model, kept, self.input_shape, self.budget.budget.ignore, graph=self.graph,
+                                  meta={"method": f"dais_search:{self.budget.search.mode}",
+                                        "target_flops": int(self.flops_target)})  # fmt: skip
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "gates": self.gates.state_dict(), "w_opt": self.w_opt.state_dict(), "w_sched": self.w_sched.state_dict(),
+            "g_opt": self.g_opt.state_dict(), "lam": self.lam, "lam_params": self.lam_params, "step": self.step,
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gates.load_state_dict(state["gates"])
+        self.w_opt.load_state_dict(state["w_opt"])
+        self.w_sched.load_state_dict(state["w_sched"])
+        self.g_opt.load_state_dict(state["g_opt"])
+        self.lam, self.lam_params, self.step = state["lam"], state["lam_params"], state["step"]
+
+
+def _uniform_keep(fm: FlopsModel, target: float) -> float:
+    """The keep ratio that, applied to every group, puts the soft FLOPs on ``target`` (bisection)."""
+    full = fm.full_widths()
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if float(fm.flops(full * mid)) <= target else (lo, mid)
+    return min(max(lo, 0.02), 0.98)

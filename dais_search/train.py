@@ -1,0 +1,239 @@
+"""The one training loop and evaluation, shared by dense training, the search and fine-tuning.
+
+Example:
+    >>> optimizer = make_sgd(model, lr=0.01, weight_decay=5e-4)
+    >>> scheduler = cosine_schedule(optimizer, total_steps=epochs * len(train_loader))
+    >>> for epoch in range(epochs):
+    ...     train_one_epoch(model, train_loader, optimizer, scheduler)
+    >>> evaluate(model, test_loader)["top1"]
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+__all__ = [
+    "cosine_schedule",
+    "cross_entropy",
+    "device_of",
+    "evaluate",
+    "make_sgd",
+    "recalibrate_bn",
+    "time_train_steps",
+    "train_one_epoch",
+    "train_step",
+]
+
+
+def make_sgd(
+    model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4, nesterov: bool = True
+) -> torch.optim.SGD:
+    """SGD (BENCH.md: Nesterov momentum 0.9, weight decay 5e-4) over the trainable parameters.
+
+    BN and bias parameters get no weight decay: decaying them only shrinks the BN scales, which
+    the channel scores of pruning read.
+    """
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+
+
+def cosine_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step cosine decay from the optimizer's learning rate to 0 over ``total_steps``, with an
+    optional linear warm-up. Call ``scheduler.step()`` after every optimizer step."""
+    total_steps = max(1, total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (CPU for a model without parameters)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+Output = dict[str, torch.Tensor]
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], Output]
+
+
+def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Output:
+    """The default loss of :func:`train_step`: ``{"loss": CE(model(x), y), "output": model(x)}``."""
+    out = model(x)
+    return {"loss": F.cross_entropy(out, y), "output": out}
+
+
+def train_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    loss_fn: LossFn = cross_entropy,
+) -> Output:
+    """One optimisation step on one batch: ``loss_fn(model, x, y)``, backward, optimizer and scheduler step.
+
+    Args:
+        loss_fn: returns ``{"loss": scalar, "output": logits, ...}``; further scalar entries (e.g. a
+            distillation term) are averaged by :func:`train_one_epoch`. A
+            :class:`~dais_search.finetune.DistillTask` is its own loss: ``lambda task, x, y: task(x, y)``.
+
+    Returns:
+        What ``loss_fn`` returned (not detached).
+    """
+    out = loss_fn(model, x, y)
+    optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return out
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    loss_fn: LossFn = cross_entropy,
+    max_steps: int | None = None,
+    progress: bool = True,
+    desc: str = "train",
+    on_step: Callable[[int, Output], None] | None = None,
+) -> dict[str, float]:
+    """One pass over ``loader`` (or ``max_steps`` batches) in training mode, one :func:`train_step` a batch.
+
+    The one training loop: dense training, fine-tuning (``loss_fn`` calling a distillation task)
+    and the timing of dense steps all use it. Batches are moved to the model's device here.
+
+    Args:
+        on_step: called after every step with the step index and :func:`train_step`'s output.
+
+    Returns:
+        ``{"loss", "top1", "images", "seconds", "images_per_s"}`` over the pass (``top1`` in
+        percent), plus the mean of every other scalar ``loss_fn`` returns (e.g. ``kd_loss``).
+    """
+    model.train()
+    device = device_of(model)
+    total = len(loader) if hasattr(loader, "__len__") else None
+    if max_steps is not None:
+        total = min(total, max_steps) if total is not None else max_steps
+    sums: dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    start = time.perf_counter()
+    bar = tqdm(loader, total=total, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
+    for step, (x, y) in enumerate(bar):
+        if max_steps is not None and step >= max_steps:
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        out = train_step(model, x, y, optimizer, scheduler, loss_fn)
+        # Accumulate on the device: a .item() per step would be a host-device sync point.
+        for key, value in out.items():
+            if key != "output" and value.dim() == 0:
+                sums[key] = sums.get(key, 0) + value.detach() * len(y)
+        correct += (out["output"].detach().argmax(1) == y).sum()
+        seen += len(y)
+        if on_step is not None:
+            on_step(step, out)
+        if progress and step % 20 == 0:
+            bar.set_postfix(loss=f"{out['loss'].item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4g}")
+    seconds = time.perf_counter() - start
+    seen = max(seen, 1)
+    stats = {key: float(value) / seen for key, value in sums.items()}
+    stats.setdefault("loss", 0.0)
+    return stats | {
+        "top1": 100.0 * correct.item() / seen,
+        "images": float(seen),
+        "seconds": seconds,
+        "images_per_s": seen / max(seconds, 1e-9),
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    progress: bool = True,
+    desc: str = "eval",
+) -> dict[str, float]:
+    """Evaluates ``model`` in eval mode.
+
+    Returns:
+        ``{"top1", "top5", "loss", "images"}``; accuracies in percent (top-5 equals 100 when there
+        are 5 classes or fewer).
+    """
+    model.eval()
+    device = device_of(model)
+    loss_sum, correct1, correct5, seen = 0.0, 0, 0, 0
+    total = len(loader) if hasattr(loader, "__len__") else None
+    for x, y in tqdm(loader, total=total, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        out = model(x)
+        loss_sum += F.cross_entropy(out, y, reduction="sum").item()
+        top = out.topk(min(5, out.shape[1]), dim=1).indices
+        hits = top == y[:, None]
+        correct1 += hits[:, 0].sum().item()
+        correct5 += hits.any(1).sum().item()
+        seen += len(y)
+    seen = max(seen, 1)
+    return {"top1": 100.0 * correct1 / seen, "top5": 100.0 * correct5 / seen, "loss": loss_sum / seen, "images": seen}
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader: Iterable, batches: int) -> nn.Module:
+    """Re-estimates BN running statistics of ``model`` on ``batches`` training batches (cumulative average)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or batches <= 0:
+        return model
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    device = device_of(model)
+    for i, (x, _) in enumerate(loader):
+        if i >= batches:
+            break
+        model(x.to(device))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.train(was_training)
+    return model
+
+
+def time_train_steps(model: nn.Module, loader: Iterable, steps: int, warmup: int = 2) -> float:
+    """Seconds per plain training step (CE, SGD) of ``model``, which it trains: pass a copy.
+
+    The first ``warmup`` steps (allocator, kernel selection) are not timed. A step's time runs from
+    the end of the previous step, so it includes fetching the batch.
+    """
+    optimizer = make_sgd(model, 0.01)
+    ends = [time.perf_counter()]  # ends[i + 1]: when step i finished
+
+    def lap(step: int, out: Output) -> None:
+        if out["loss"].is_cuda:
+            torch.cuda.synchronize(out["loss"].device)  # CUDA runs asynchronously: time what finished
+        ends.append(time.perf_counter())
+
+    train_one_epoch(model, loader, optimizer, max_steps=steps + warmup, progress=False, on_step=lap)
+    timed = ends[min(warmup, len(ends) - 1) :]
+    return (timed[-1] - timed[0]) / max(len(timed) - 1, 1)

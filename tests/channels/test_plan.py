@@ -1,0 +1,144 @@
+"""Physically pruned == masked dense, FlopsModel == exact count, replay == identical, on real networks."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from dais_search import count_flops, count_params, create_model
+from dais_search.channels import ChannelPlan, FlopsModel, random_plan, randomize_norms, trace_channels
+from dais_search.errors import UserError
+
+CIFAR = ["resnet20", "resnet56", "resnet20_b", "vgg16", "mobilenetv2"]
+TORCHVISION = [
+    "tv:resnet18", "tv:resnet50", "tv:mobilenet_v2", "tv:mobilenet_v3_small", "tv:efficientnet_b0",
+    "tv:densenet121", "tv:regnet_x_400mf", "tv:googlenet", "tv:shufflenet_v2_x0_5", "tv:convnext_tiny",
+]  # fmt: skip
+
+
+def _setup(name: str):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # googlenet's init notice, blocked-op notices
+        model = create_model(name, num_classes=10).eval()
+        size = 32 if not name.startswith("tv:") else 64  # small inputs keep the torchvision models fast
+        shape = (1, 3, size, size)
+        randomize_norms(model, torch.zeros(shape))
+        graph = trace_channels(model, torch.zeros(shape))
+    return model, shape, graph
+
+
+def _plans(model, shape, graph):
+    yield "random", random_plan(model, shape, keep=(0.1, 1.0), seed=1, graph=graph)
+    yield "one-kept", random_plan(model, shape, keep=0.0, seed=2, graph=graph)
+    yield "all-kept", ChannelPlan.create(model, {}, shape, graph=graph)
+
+
+def _producer_conv(pruned: nn.Module, plan: ChannelPlan, graph):
+    """A conv/linear that produces kept channels of a pruned group, with a kept row index."""
+    for group in graph.groups:
+        if group.id in plan.kept:
+            for member in group.producers:
+                module = pruned.get_submodule(member.name)
+                if isinstance(module, (nn.Conv2d, nn.Linear)) and module.weight.shape[0] > 0:
+                    return module
+    return next(m for m in pruned.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+@pytest.mark.parametrize("name", CIFAR + TORCHVISION)
+def test_pruned_equals_masked_and_flops_model_is_exact(name):
+    model, shape, graph = _setup(name)
+    fm = FlopsModel(graph, model, torch.zeros(shape))
+    assert any(g.prunable for g in graph.groups), f"{name}: nothing prunable"
+    x = torch.randn(2, *shape[1:])
+    with torch.no_grad():
+        out = model(x)
+    assert (out[0] - out[1]).abs().max() > 1e-3 * out.abs().max(), "outputs must depend on the input"
+    before = copy.deepcopy(model.state_dict())
+    for kind, plan in _plans(model, shape, graph):
+        pruned, masked = plan.apply(model), plan.mask(model)
+        with torch.no_grad():
+            expected, actual = masked(x), pruned(x)
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()), msg=kind)
+
+        # Exact FLOPs and params: FlopCounterMode on the sliced model == the polynomial at hard widths.
+        widths = fm.widths_of(plan.kept)
+        assert count_flops(pruned, shape) == plan.flops == round(float(fm.flops(widths))), kind
+        assert count_params(pruned) == plan.params == round(float(fm.params(widths))), kind
+        if kind == "one-kept":
+            assert plan.flops < plan.dense_flops
+
+        # Plain modules under the dense names, no masks or hooks; the dense model untouched.
+        assert [n for n, _ in pruned.named_modules()] == [n for n, _ in model.named_modules()]
+        assert type(pruned) is type(model) and not any(m._forward_hooks for m in pruned.modules())
+        if kind == "random":
+            # Negative control: change a kept channel's weights and the two must differ.
+            conv = _producer_conv(pruned, plan, graph)
+            with torch.no_grad():
+                conv.weight[0].mul_(3.0).add_(0.5)
+                assert not torch.allclose(pruned(x), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("name", ["resnet56", "tv:mobilenet_v3_small", "tv:densenet121"])
+def test_plan_replays_from_json_on_a_fresh_model(name, tmp_path):
+    model, shape, graph = _setup(name)
+    plan = random_plan(model, shape, seed=3, graph=graph)
+    plan.meta["model"] = name
+    plan.save(tmp_path / "plan.json")
+    fresh = create_model(name, num_classes=10)
+    fresh.load_state_dict(model.state_dict())
+    replayed = ChannelPlan.load(tmp_path / "plan.json").apply(fresh)
+    original = plan.apply(model)
+    a, b = replayed.state_dict(), original.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    loaded = ChannelPlan.load(tmp_path / "plan.json")
+    assert loaded.kept == plan.kept and loaded.flops == plan.flops and loaded.fingerprint == plan.fingerprint
+
+
+def test_plan_refuses_another_architecture_and_bad_files(tmp_path):
+    model, shape, graph = _setup("resnet20")
+    plan = random_plan(model, shape, seed=0, graph=graph)
+    with pytest.raises(UserError, match="another architecture"):
+        plan.apply(create_model("resnet32"))
+    (tmp_path / "bad.json").write_text('{"format": "dais_search.plan", "version": 1, "groups": [')
+    with pytest.raises(UserError, match="not valid JSON"):
+        ChannelPlan.load(tmp_path / "bad.json")
+    (tmp_path / "old.json").write_text('{"format": "dais_search.plan", "version": 99}')
+    with pytest.raises(UserError, match="version 99"):
+        ChannelPlan.load(tmp_path / "old.json")
+    with pytest.raises(UserError, match="does not exist"):
+        ChannelPlan.load(tmp_path / "none.json")
+
+
+def test_flops_model_gradient_matches_finite_differences():
+    model, shape, graph = _setup("tv:mobilenet_v2")
+    fm = FlopsModel(graph, model, torch.zeros(shape))
+    g = torch.Generator().manual_seed(0)
+    sizes = fm.full_widths()
+    widths = (sizes * (0.2 + 0.7 * torch.rand(len(sizes), generator=g, dtype=torch.float64))).requires_grad_()
+    for quantity in (fm.flops, fm.params):
+        (grad,) = torch.autograd.grad(quantity(widths), widths)
+        eps = 1e-3
+        for i in torch.randperm(len(sizes), generator=g)[:8].tolist():
+            step = torch.zeros_like(widths)
+            step[i] = eps
+            numeric = (quantity(widths.detach() + step) - quantity(widths.detach() - step)) / (2 * eps)
+            assert float(grad[i]) == pytest.approx(float(numeric), rel=1e-6, abs=1e-3)
+        assert (grad > 0).all()  # more channels never cost fewer FLOPs/params here
+    # Negative control: a wrong width vector length is refused.
+    with pytest.raises(ValueError, match="one per prunable group"):
+        fm.flops(widths[:-1])
+
+
+def test_flops_model_soft_widths_interpolate_between_plans():
+    model, shape, graph = _setup("resnet20_b")
+    fm = FlopsModel(graph, model, torch.zeros(shape))
+    full = fm.full_widths()
+    assert round(float(fm.flops(full))) == count_flops(model, shape)
+    half = fm.flops(full * 0.5)
+    assert count_flops(model, shape) * 0.2 < float(half) < count_flops(model, shape) * 0.5
