@@ -19,20 +19,27 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from ._version import __version__
 from .budget import load_budget, parse_override
 from .channels import ChannelPlan
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .cost import count_flops, count_params, flops_breakdown
-from .data import DEFAULT_NORMALIZE, NORMALIZATION, check_data_spec, load_dataset, make_loader
+from .data import DEFAULT_NORMALIZE, NORMALIZATION, check_data_spec, load_dataset
 from .errors import UserError
 from .finetune import FinetuneConfig, distill_layers
 from .models import create_model, describe, input_size, list_models
-from .pipeline import TrainJob, finetune_plan, resolve_device, run_pipeline, run_search, run_train, student_of
+from .pipeline import (
+    EvalJob,
+    TrainJob,
+    finetune_plan,
+    resolve_device,
+    run_eval,
+    run_pipeline,
+    run_search,
+    run_train,
+    student_of,
+)
 from .report import format_table, human
-from .train import evaluate
 
 __all__ = ["main"]
 
@@ -77,6 +84,12 @@ def _parse_size(text: str) -> tuple[int, int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"input size must look like 3x32x32 (C x H x W), got {text!r}") from None
     return c, h, w
+
+
+def _job(cls, args: argparse.Namespace):
+    """A job dataclass (``TrainJob``, ``EvalJob``) from the options of the same names."""
+    names = {f.name for f in dataclasses.fields(cls)} - {"progress"}
+    return cls(**{k: v for k, v in vars(args).items() if k in names}, progress=not args.no_progress)
 
 
 def _check_model_name(name: str) -> None:
@@ -160,56 +173,8 @@ def eval_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    # Everything that can be wrong is checked before the data set is decoded.
-    check_data_spec(args.data)
-    if args.model:
-        _check_model_name(args.model)
-    device = resolve_device(args.device)
-    ckpt = load_checkpoint(args.checkpoint)
-    model, name = model_from_checkpoint(ckpt, args.model, args.num_classes)
-    normalize = args.normalize or ckpt.get("normalize") or DEFAULT_NORMALIZE
-    splits = load_dataset(args.data, args.data_dir, args.download)
-    data = splits.test if args.split == "test" else splits.train
-    if args.limit is not None:
-        if args.limit < 1:
-            raise UserError(f"--limit must be at least 1, got {args.limit}")
-        data = (
-            data.subset(range(min(args.limit, len(data))))
-            if hasattr(data, "subset")
-            else torch.utils.data.Subset(data, range(min(args.limit, len(data))))
-        )
-    outputs = _num_outputs(model, splits.input_size)
-    if outputs < splits.num_classes:
-        raise UserError(
-            f"the model has {outputs} outputs but {splits.name} has {splits.num_classes} classes; "
-            f"use a checkpoint trained on this data set"
-        )
-    model.to(device)
-    loader = make_loader(data, args.batch_size, train=False, normalize=normalize, workers=args.workers)
-    metrics = evaluate(model, loader, progress=not args.no_progress)
-    shape = (1, *splits.input_size)
-    rows = [
-        [
-            name,
-            f"{metrics['top1']:.2f}",
-            f"{metrics['top5']:.2f}",
-            f"{metrics['loss']:.4f}",
-            f"{metrics['images']:,}",
-            f"{count_flops(model, shape):,}",
-            f"{count_params(model):,}",
-        ]
-    ]
-    print(format_table(rows, ["model", "top-1 %", "top-5 %", "loss", "images", "FLOPs", "params"]))
+    run_eval(_job(EvalJob, args))
     return 0
-
-
-@torch.no_grad()
-def _num_outputs(model: torch.nn.Module, size: tuple[int, int, int]) -> int:
-    was_training = model.training
-    model.eval()
-    out = model(torch.zeros(1, *size, device=next(model.parameters()).device))
-    model.train(was_training)
-    return int(out.shape[-1])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,8 +212,7 @@ def train_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    fields = {f.name for f in dataclasses.fields(TrainJob)} - {"progress"}
-    run_train(TrainJob(**{k: v for k, v in vars(args).items() if k in fields}, progress=not args.no_progress))
+    run_train(_job(TrainJob, args))
     return 0
 
 

@@ -50,6 +50,7 @@ BASE = {"version": 1, "model": {"name": "resnet20"}}
         ({"budget": {"input_size": [32, 32]}}, "budget.input_size"),
         ({"model": {}}, "model.name is required"),
         ({"data": {"batch_size": 0}}, "batch_size"),
+        ({"data": {"augment": "no"}}, "data.augment = .no. should be a bool"),
     ],
 )
 def test_mistakes_are_named(change, needle):

@@ -5,20 +5,24 @@
     finetune_stage.py   the student of a plan fine-tuned, folded and exported (finetune_plan)
     main_job.py         run_pipeline: search -> fine-tune -> fold -> export -> report
     train_job.py        run_train: dense training from a data spec (TrainJob)
+    eval_job.py         run_eval: a checkpoint's accuracy on a split (EvalJob)
 """
 
 from .common import check_budget_inputs, load_dense, resolve_device
+from .eval_job import EvalJob, run_eval
 from .finetune_stage import finetune_plan, student_of
 from .main_job import run_pipeline
 from .search_stage import run_search
 from .train_job import TrainJob, run_train
 
 __all__ = [
+    "EvalJob",
     "TrainJob",
     "check_budget_inputs",
     "finetune_plan",
     "load_dense",
     "resolve_device",
+    "run_eval",
     "run_pipeline",
     "run_search",
     "run_train",
