@@ -90,6 +90,7 @@ class ChannelGroup:
         """The first producer's module path, a readable label."""
         return self.producers[0].name if self.producers else f"group{self.id}"
 
+
 @dataclass
 class ChannelGraph:
     """Everything the analysis found: the groups, and what plans, masks and FLOPs models need.
@@ -111,6 +112,7 @@ class ChannelGraph:
     calls: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
     param_shapes: dict[str, tuple[int, ...]]
     atom_class: dict[int, tuple[int, int]]
+
 
 def trace_channels(
     model: nn.Module,

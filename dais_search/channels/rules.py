@@ -9,6 +9,8 @@ call touches and warns once, naming the op.
 
 Register a rule for your own function (or, by name, a Tensor method) with::
 
+    torch.fx.wrap("my_gate")    # at module level, beside my_gate: fx keeps the call whole
+
     @register_function(my_gate, "my_method")
     def my_rule(w, node, args, kwargs, shape):
         return args[0]          # channels pass through unchanged
@@ -28,10 +30,20 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from ..registry import Registry
 from .atoms import ParamInfo, TensorInfo, Tracker, untracked_like
 from .trace import flat, where
 
-__all__ = ["OPAQUE", "Rule", "RuleContext", "on_tracked", "register_function", "rule_for"]
+__all__ = [
+    "FUNCTION_RULES",
+    "METHOD_RULES",
+    "OPAQUE",
+    "Rule",
+    "RuleContext",
+    "on_tracked",
+    "register_function",
+    "rule_for",
+]
 
 OPAQUE = object()
 """Returned by a rule that does not understand a call."""
@@ -46,21 +58,26 @@ class RuleContext(Protocol):
 
 Rule = Callable[[RuleContext, fx.Node, list, dict, Any], Any]
 
-_FUNCTIONS: dict[Any, Rule] = {}
-_METHODS: dict[str, Rule] = {}
+FUNCTION_RULES: Registry[Rule] = Registry("channel rule")
+METHOD_RULES: Registry[Rule] = Registry("channel rule")
 
 
 def register_function(*targets: Callable | str) -> Callable[[Rule], Rule]:
     """Decorator registering a rule for functions (``torch.cat``, ``operator.add``, ...) or, given
-    as strings, Tensor methods (``"view"``); refuses a target that already has a rule."""
+    as strings, Tensor methods (``"view"``); if any target already has a rule, it registers none
+    and raises ``ValueError``.
+
+    fx traces *into* plain Python functions, so a function of your own reaches the analysis as
+    one call only when fx keeps it whole: mark it with ``torch.fx.wrap("my_fn")`` at module level.
+    """
+    functions = tuple(t for t in targets if not isinstance(t, str))
+    methods = tuple(t for t in targets if isinstance(t, str))
 
     def wrap(rule: Rule) -> Rule:
-        for target in targets:
-            table = _METHODS if isinstance(target, str) else _FUNCTIONS
-            if target in table:
-                name = target if isinstance(target, str) else getattr(target, "__name__", repr(target))
-                raise ValueError(f"a channel rule for {name} is already registered")
-            table[target] = rule
+        FUNCTION_RULES.check_free(*functions)  # both checked before either table changes
+        METHOD_RULES.check_free(*methods)
+        FUNCTION_RULES.register(*functions)(rule)
+        METHOD_RULES.register(*methods)(rule)
         return rule
 
     return wrap
@@ -68,9 +85,7 @@ def register_function(*targets: Callable | str) -> Callable[[Rule], Rule]:
 
 def rule_for(node: fx.Node) -> Rule | None:
     """The rule of a ``call_function`` or ``call_method`` node, or ``None``."""
-    return _METHODS.get(node.target) if node.op == "call_method" else _FUNCTIONS.get(node.target)
-
-
+    return METHOD_RULES.lookup(node.target) if node.op == "call_method" else FUNCTION_RULES.lookup(node.target)
 
 
 def on_tracked(rule: Rule) -> Rule:

@@ -104,6 +104,7 @@ def _shape_tree(value: Any) -> Any:
         return [_shape_tree(v) for v in value]
     return None
 
+
 def op_name(node: fx.Node, gm: fx.GraphModule) -> str:
     """A readable name of what ``node`` calls: a module type, ``Tensor.method`` or a function name."""
     if node.op == "call_module":

@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from ..channels import ChannelGroup
-from ..errors import UserError
+from ..registry import Registry
 
 __all__ = [
+    "CRITERIA",
     "Importance",
     "bn_scale",
     "get_importance",
@@ -31,19 +32,12 @@ __all__ = [
 ]
 
 Importance = Callable[[nn.Module, ChannelGroup], torch.Tensor]
-_CRITERIA: dict[str, Importance] = {}
+CRITERIA: Registry[Importance] = Registry("importance criterion")
 
 
 def register_importance(name: str) -> Callable[[Importance], Importance]:
     """Decorator registering a criterion under ``name``; refuses a name that is taken."""
-
-    def wrap(fn: Importance) -> Importance:
-        if name in _CRITERIA:
-            raise ValueError(f"an importance criterion named {name!r} is already registered")
-        _CRITERIA[name] = fn
-        return fn
-
-    return wrap
+    return CRITERIA.register(name)
 
 
 def get_importance(name: str) -> Importance:
@@ -52,14 +46,12 @@ def get_importance(name: str) -> Importance:
     Raises:
         UserError: an unknown name (the message lists the registered ones).
     """
-    if name not in _CRITERIA:
-        raise UserError(f"unknown importance criterion {name!r}; registered: {', '.join(list_importance())}")
-    return _CRITERIA[name]
+    return CRITERIA.get(name)
 
 
 def list_importance() -> list[str]:
     """The registered criteria, sorted."""
-    return sorted(_CRITERIA)
+    return CRITERIA.names()
 
 
 @register_importance("l1")

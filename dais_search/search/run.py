@@ -66,7 +66,6 @@ def search(
     state_path: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> SearchResult:
     """Searches which channels of ``model`` to keep under ``budget`` (DAIS + DSA, bi-level).
 
@@ -87,7 +86,6 @@ def search(
             binarisation gap, keep ratios, mask histograms and images, the final plan).
         state_path: save the search state there after every epoch; with ``resume`` continue from it.
         progress: show progress bars.
-        on_epoch: called with each epoch's statistics.
 
     Returns:
         The plan, the pruned and BN-recalibrated model, and the metrics.
@@ -135,8 +133,6 @@ def search(
                                "history": history}, state_path)  # fmt: skip
         log.info("search epoch %d/%d: %s", epoch + 1, spec.epochs,
                  ", ".join(f"{k} {v:.4g}" for k, v in stats.items() if isinstance(v, float)))  # fmt: skip
-        if on_epoch is not None:
-            on_epoch(stats)
 
     plan = searcher.binarize()
     pruned = recalibrate_bn(plan.apply(model), train_loader, spec.recalibrate_batches)
@@ -145,7 +141,7 @@ def search(
         h["dense_epoch_seconds"] = dense_step * steps
         h["search_over_dense_epoch"] = h["seconds"] / max(dense_step * steps, 1e-9)
     if writer is not None:
-        writer.text("plan/final", "```\n" + plan_json_excerpt(plan) + "\n```", searcher.step)
+        writer.text("plan/final", "```\n" + _plan_text(plan) + "\n```", searcher.step)
         writer.close()
     metrics = {
         "mode": spec.mode,
@@ -164,7 +160,7 @@ def search(
     return SearchResult(plan, pruned, metrics)
 
 
-def plan_json_excerpt(plan: ChannelPlan, limit: int = 60_000) -> str:
+def _plan_text(plan: ChannelPlan, limit: int = 60_000) -> str:
     """The plan's JSON, cut to what a TensorBoard text panel shows."""
     return json.dumps(plan.to_dict(), indent=1)[:limit]
 

@@ -13,24 +13,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from ..errors import UserError
+from ..registry import Registry
 
-__all__ = ["Schedule", "get_schedule", "list_schedules", "register_schedule", "temperature_at"]
+__all__ = ["SCHEDULES", "Schedule", "get_schedule", "list_schedules", "register_schedule", "temperature_at"]
 
 Schedule = Callable[[float, float, float], float]
-_SCHEDULES: dict[str, Schedule] = {}
+SCHEDULES: Registry[Schedule] = Registry("temperature schedule (search.temperature_schedule)")
 
 
 def register_schedule(name: str) -> Callable[[Schedule], Schedule]:
     """Decorator registering a schedule under ``name``; refuses a name that is taken."""
-
-    def wrap(fn: Schedule) -> Schedule:
-        if name in _SCHEDULES:
-            raise ValueError(f"a temperature schedule named {name!r} is already registered")
-        _SCHEDULES[name] = fn
-        return fn
-
-    return wrap
+    return SCHEDULES.register(name)
 
 
 def get_schedule(name: str) -> Schedule:
@@ -39,17 +32,12 @@ def get_schedule(name: str) -> Schedule:
     Raises:
         UserError: an unknown name (the message lists the registered ones).
     """
-    if name not in _SCHEDULES:
-        raise UserError(
-            f"search.temperature_schedule = {name!r} is not a registered schedule; choose "
-            f"{' or '.join(list_schedules())}"
-        )
-    return _SCHEDULES[name]
+    return SCHEDULES.get(name)
 
 
 def list_schedules() -> list[str]:
     """The registered schedules, sorted."""
-    return sorted(_SCHEDULES)
+    return SCHEDULES.names()
 
 
 @register_schedule("exponential")

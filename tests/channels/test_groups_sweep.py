@@ -1,6 +1,6 @@
 """Every torchvision classifier: groups found, a random 30% cut runs and equals the masked model.
 
-Slow (about an hour on 2 CPU cores): run with ``pytest -m slow tests/test_groups_sweep.py``. The
+Slow (about an hour on 2 CPU cores): run with ``pytest -m slow tests/channels/test_groups_sweep.py``. The
 same sweep prints its table with ``python benchmarks/groups_sweep.py``.
 """
 
