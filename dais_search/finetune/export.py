@@ -40,7 +40,7 @@ def export(folded: nn.Module, plan: ChannelPlan, metrics: dict[str, Any], out: s
         # with no Python source of the model, which is what a deployable bundle needs here.
         warnings.simplefilter("ignore", FutureWarning)
         scripted = torch.jit.trace(folded, example)
-    atomic_write(out / "model.ts", lambda f: torch.jit.save(scripted, f))
+        atomic_write(out / "model.ts", lambda f: torch.jit.save(scripted, f))
     save_checkpoint(out / "model.pt", folded, model_name, num_classes, normalize=normalize, plan=plan.to_dict())
     plan.save(out / "plan.json")
     if budget_file:
