@@ -20,6 +20,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 __all__ = [
+    "AUX_WEIGHT",
+    "classification_loss",
     "cosine_schedule",
     "cross_entropy",
     "device_of",
@@ -27,6 +29,7 @@ __all__ = [
     "make_sgd",
     "recalibrate_bn",
     "time_train_steps",
+    "to_model",
     "train_one_epoch",
     "train_step",
 ]
@@ -70,14 +73,40 @@ def device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def to_model(x: torch.Tensor, y: torch.Tensor, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch on ``model``'s device, floating-point inputs in its dtype: the one place batches are moved.
+
+    Non-blocking, so that a copy from pinned memory (our loaders pin when CUDA is available)
+    overlaps with the computation already queued.
+    """
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if p is None:
+        return x, y
+    dtype = p.dtype if x.is_floating_point() else None
+    return x.to(p.device, dtype, non_blocking=True), y.to(p.device, non_blocking=True)
+
+
+AUX_WEIGHT = 0.4
+"""Weight of each auxiliary classifier's loss (Inception v3's 0.4), for models that return them in training."""
+
+
+def classification_loss(output: torch.Tensor | tuple, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, logits) of a classifier's output. A tuple (torchvision's GoogLeNet and Inception v3 in
+    train mode: main logits, then auxiliary ones) adds ``AUX_WEIGHT`` x the CE of each auxiliary head."""
+    if isinstance(output, tuple):
+        main, aux = output[0], [a for a in output[1:] if isinstance(a, torch.Tensor)]
+        return F.cross_entropy(main, y) + AUX_WEIGHT * sum(F.cross_entropy(a, y) for a in aux), main
+    return F.cross_entropy(output, y), output
+
+
 Output = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], Output]
 
 
 def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Output:
-    """The default loss of :func:`train_step`: ``{"loss": CE(model(x), y), "output": model(x)}``."""
-    out = model(x)
-    return {"loss": F.cross_entropy(out, y), "output": out}
+    """The default loss of :func:`train_step`: ``{"loss": CE, "output": logits}`` (:func:`classification_loss`)."""
+    loss, logits = classification_loss(model(x), y)
+    return {"loss": loss, "output": logits}
 
 
 def train_step(
@@ -143,7 +172,7 @@ def train_one_epoch(
     for step, (x, y) in enumerate(bar):
         if max_steps is not None and step >= max_steps:
             break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = to_model(x, y, model)
         out = train_step(model, x, y, optimizer, scheduler, loss_fn)
         # Accumulate on the device: a .item() per step would be a host-device sync point.
         for key, value in out.items():
@@ -181,11 +210,10 @@ def evaluate(
         are 5 classes or fewer).
     """
     model.eval()
-    device = device_of(model)
     loss_sum, correct1, correct5, seen = 0.0, 0, 0, 0
     total = len(loader) if hasattr(loader, "__len__") else None
     for x, y in tqdm(loader, total=total, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = to_model(x, y, model)
         out = model(x)
         loss_sum += F.cross_entropy(out, y, reduction="sum").item()
         top = out.topk(min(5, out.shape[1]), dim=1).indices
@@ -199,24 +227,29 @@ def evaluate(
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, loader: Iterable, batches: int) -> nn.Module:
-    """Re-estimates BN running statistics of ``model`` on ``batches`` training batches (cumulative average)."""
+    """Re-estimates BN running statistics of ``model`` on ``batches`` training batches (cumulative average).
+
+    Only the BN layers are put in training mode: dropout and stochastic depth stay off, so the
+    statistics are those of the network that inference runs.
+    """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms or batches <= 0:
         return model
     momenta = [m.momentum for m in norms]
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
     for m in norms:
         m.reset_running_stats()
         m.momentum = None
-    was_training = model.training
-    model.train()
-    device = device_of(model)
-    for i, (x, _) in enumerate(loader):
+        m.train()
+    for i, (x, y) in enumerate(loader):
         if i >= batches:
             break
-        model(x.to(device))
+        model(to_model(x, y, model)[0])
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
-    model.train(was_training)
+    for m, mode in modes.items():
+        m.training = mode
     return model
 
 

@@ -122,8 +122,13 @@ def trace_channels(
 ) -> ChannelGraph:
     """Runs the channel analysis (see the module docstring) and returns the full result.
 
+    The model is traced twice when its control flow depends on ``self.training``: the eval-mode
+    trace gives the FLOPs (``calls``) and the graph that masks are applied to; the train-mode trace
+    adds what only training runs (auxiliary heads), walked with the same tracker, so that a layer
+    seen in both is one set of sites and a train-only consumer is sliced with its group.
+
     Args:
-        model: the dense model (not modified; traced in eval mode).
+        model: the dense model (not modified).
         example_input: an input (or tuple of inputs) of the shape the model will see.
         ignore: module paths or modules whose output channels must not be pruned.
         warn: warn about operations that block pruning (off when replaying a plan).
@@ -135,6 +140,10 @@ def trace_channels(
     walker = Walker(gm, shapes, opaque_modules, model_tensors)
     walker.run()
     tk = walker.tk
+    walkers = [walker]
+    train_walk = _train_mode_walk(model, inputs, gm, model_tensors, tk)
+    if train_walk is not None:
+        walkers.append(train_walk)
 
     names = {m: p for p, m in model.named_modules()}
     for item in ignore:
@@ -147,9 +156,30 @@ def trace_channels(
 
     groups, atom_class = _assemble(tk)
     if warn:
-        _warn(walker, groups)
+        _warn(walkers, groups)
     infos = {n.name: walker.info.get(n) for n in gm.graph.nodes}
-    return ChannelGraph(groups, gm, dict(tk.sites), infos, walker.calls, walker.param_shapes, atom_class)
+    param_shapes = {k: v for w in walkers for k, v in w.param_shapes.items()}
+    return ChannelGraph(groups, gm, dict(tk.sites), infos, walker.calls, param_shapes, atom_class)
+
+
+def _train_mode_walk(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], eval_gm: fx.GraphModule, model_tensors: set[str], tk: Tracker
+) -> Walker | None:
+    """The walk of the train-mode trace into ``tk``, when that trace differs from the eval one."""
+    try:
+        gm, opaque_modules, shapes = trace_with_shapes(model, inputs, training=True)
+    except Exception as exc:  # noqa: BLE001 - any failure: the eval trace stands alone, with a warning
+        warnings.warn(
+            f"dais_search: {type(model).__name__} cannot be traced in train mode ({exc}); layers that only training "
+            f"runs are not analysed",
+            stacklevel=3,
+        )
+        return None
+    if gm.code == eval_gm.code:
+        return None
+    walker = Walker(gm, shapes, opaque_modules, model_tensors, tk)
+    walker.run()
+    return walker
 
 
 def _assemble(tk: Tracker) -> tuple[list[ChannelGroup], dict[int, tuple[int, int]]]:
@@ -227,9 +257,13 @@ def _assemble(tk: Tracker) -> tuple[list[ChannelGroup], dict[int, tuple[int, int
     return groups, atom_class
 
 
-def _warn(walker: Walker, groups: list[ChannelGroup]) -> None:
+def _warn(walkers: list[Walker], groups: list[ChannelGroup]) -> None:
     blocked = {g.reason for g in groups if not g.prunable}
-    for op, places in walker.unknown.items():
+    unknown: dict[str, list[str]] = defaultdict(list)
+    for walker in walkers:
+        for op, places in walker.unknown.items():
+            unknown[op] += places
+    for op, places in unknown.items():
         if not any(r.startswith(f"{op} at ") for r in blocked):
             continue
         unique = list(dict.fromkeys(places))

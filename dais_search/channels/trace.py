@@ -131,15 +131,21 @@ def flat(value: Any) -> list[Any]:
     return [value]
 
 
-def trace_with_shapes(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[fx.GraphModule, set[str], dict]:
-    """(trace, opaque module paths, node -> output shape) of ``model`` run in eval mode on ``inputs``.
+def trace_with_shapes(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], training: bool = False
+) -> tuple[fx.GraphModule, set[str], dict]:
+    r"""(trace, opaque module paths, node -> output shape) of ``model`` on ``inputs``.
 
-    The model's train/eval mode is restored afterwards.
+    ``training`` picks the control flow that is traced: the model's ``self.training`` branches
+    (auxiliary heads, stochastic depth) are Python ``if``\ s that fx resolves while tracing. The
+    shapes are always recorded with every module in eval mode (BN with running statistics, so
+    a batch of one works and no statistic changes). The model's mode is restored afterwards.
     """
     was_training = model.training
-    model.eval()
+    model.train(training)
     try:
         gm, opaque = symbolic_trace(model)
+        model.eval()
         recorder = ShapeRecorder(gm)
         with torch.no_grad():
             recorder.run(*inputs)

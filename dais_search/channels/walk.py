@@ -24,10 +24,15 @@ class Walker:
     """Walks ``gm`` once (:meth:`run`), filling ``tk``, ``info``, ``calls``, ``param_shapes`` and ``unknown``."""
 
     def __init__(
-        self, gm: fx.GraphModule, shapes: dict[fx.Node, Any], opaque_modules: set[str], model_tensors: set[str]
+        self,
+        gm: fx.GraphModule,
+        shapes: dict[fx.Node, Any],
+        opaque_modules: set[str],
+        model_tensors: set[str],
+        tk: Tracker | None = None,
     ) -> None:
         self.gm, self.shapes, self.opaque_modules, self.model_tensors = gm, shapes, opaque_modules, model_tensors
-        self.tk = Tracker()
+        self.tk = tk if tk is not None else Tracker()  # a shared tracker merges several walks
         self.info: dict[fx.Node, Any] = {}
         self.calls: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
         self.param_shapes: dict[str, tuple[int, ...]] = {}
@@ -108,6 +113,8 @@ class Walker:
         rule = rule_for(node)
         args = [self.value(a) for a in node.args]
         kwargs = {k: self.value(v) for k, v in node.kwargs.items()}
+        if isinstance(node.target, type) and issubclass(node.target, tuple) and not kwargs:
+            return list(args)  # a (named) tuple of outputs, e.g. torchvision's GoogLeNetOutputs: a container
         has_tensor = any(isinstance(a, (TensorInfo, ParamInfo)) for a in flat(args) + flat(list(kwargs.values())))
         if not has_tensor:
             # Shape arithmetic (x.size(1) // 2) or a tensor made from constants: no channels involved.

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..train import classification_loss
+
 __all__ = ["DistillTask", "auto_layers", "logit_kd_loss", "resolve_layers", "sp_loss"]
 
 
@@ -143,8 +145,7 @@ class DistillTask(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        output = self.student(x)
-        task_loss = F.cross_entropy(output, y)
+        task_loss, output = classification_loss(self.student(x), y)  # auxiliary heads add their CE
         kd_loss = output.new_zeros(())
         if self.sp_weight or self.logit_weight:
             with torch.no_grad():

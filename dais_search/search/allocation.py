@@ -11,8 +11,8 @@ implicitly. We use the same map with the scores on a log scale already (DAIS ind
 So the ratio decides *how many* channels a group keeps and the scores decide *which*; as T -> 0
 the masks become the top ``k * C`` scores. The threshold is found by bisection without autograd
 (vectorised, on the scores' device: no CPU round trip per step, unlike DSA's scipy root finder),
-then re-attached to the graph by one Newton step whose value is zero but whose gradient is the
-implicit-function gradient:
+then re-attached to the graph by one Newton step that changes tau's gradient but not its value
+(the implicit-function gradient):
 
     d tau / d s_j = f'_j / sum f',    d tau / d k = -C T / sum f',    f'_j = m_j (1 - m_j).
 
@@ -66,7 +66,9 @@ def allocate(scores: torch.Tensor, keep: torch.Tensor, temperature: float) -> to
     tau_star = solve_threshold(scores.detach(), keep.detach(), temperature)
     masks_star = torch.sigmoid((scores - tau_star) / temperature)
     slope = (masks_star * (1 - masks_star)).detach().sum() / temperature  # -dF/dtau at tau*
-    # One Newton step from tau*: zero in value (F(tau*) = 0 up to bisection error), implicit gradient in autograd.
+    # One Newton step from tau*, taken in autograd only: tau's value stays tau*, its gradient is the
+    # implicit one. (In value the step would be bisection error / slope, which explodes when the
+    # masks saturate in float32 at a low temperature and the slope underflows to 0.)
     residual = masks_star.sum() - keep * scores.numel()
-    tau = tau_star + residual / slope.clamp(min=1e-12)
+    tau = tau_star + (residual - residual.detach()) / slope.clamp(min=1e-12)
     return torch.sigmoid((scores - tau) / temperature)

@@ -9,21 +9,20 @@ returns one soft mask per group:
 * ``dais+dsa``: ``m = allocate(alpha, sigmoid(theta), T)``: the learned ratio decides how many
   channels a group keeps, the learned indicators decide which.
 
-:func:`attach_gates` rewrites the traced model so that each group's mask multiplies the output of
-each of its producers once, after the producer's BN (before the activation), as DSA places it.
-The gated model shares its weights with the dense model.
+:class:`GatedModel` applies them to the user's own module, where each group's channels are read
+(forward pre-hooks on the reading layers): train and eval mode behave as the model defines, and
+at 0/1 masks the gated model is the pruned model.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.fx as fx
 from torch import nn
 
 from ..channels import ChannelGraph, ChannelGroup
-from .allocation import allocate
+from .allocation import allocate, solve_threshold
 
-__all__ = ["ChannelGates", "attach_gates"]
+__all__ = ["ChannelGates", "GatedModel", "attach_gates"]
 
 
 class ChannelGates(nn.Module):
@@ -56,7 +55,9 @@ class ChannelGates(nn.Module):
         # Standardised scores, so that one temperature suits every group.
         init = [(s - s.mean()) / s.std().clamp(min=1e-6) if s.numel() > 1 else s * 0 for s in scores]
         if mode == "dais":
-            init = [x + 2.0 for x in init]  # start with most channels on: sigmoid(alpha / T0) near 1
+            # Start on the budget like the other modes: shift each group's logits so that its masks
+            # sigmoid(alpha / T0) sum to keep x size (DAIS itself has no ratio; theta is unused).
+            init = [x - solve_threshold(x, torch.tensor(float(keep)), temperature) for x in init]
         self.alpha = nn.ParameterList([nn.Parameter(x.clone().float()) for x in init])
         self.register_buffer("scores", torch.cat(init).float() if init else torch.zeros(0))
         logit = torch.logit(torch.tensor(min(max(keep, 0.02), 0.98)))
@@ -99,14 +100,15 @@ class ChannelGates(nn.Module):
             return [s.detach() for s in self.scores.split(self.sizes)]
         return [a.detach() for a in self.alpha]
 
-    def hard_mask(self) -> list[torch.Tensor]:
-        """The binarised masks: per group, its :meth:`hard_counts` top channels by :meth:`channel_scores`."""
-        masks = []
-        for scores, n in zip(self.channel_scores(), self.hard_counts(), strict=True):
-            keep = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-            keep[torch.argsort(scores, descending=True)[:n]] = True
-            masks.append(keep)
-        return masks
+    def margins(self) -> list[torch.Tensor]:
+        """Per group, each channel's score minus the group's current threshold (``alpha`` itself in
+        ``dais`` mode): the mask's logit times the temperature. Unlike the masks, which saturate at
+        0 and 1 as T -> 0, it still ranks channels across groups after annealing."""
+        t = float(self.temperature)
+        if self.mode == "dais":
+            return [a.detach() for a in self.alpha]
+        keep = self.keep_ratios().detach()
+        return [s - solve_threshold(s, keep[i], t) for i, s in enumerate(self.channel_scores())]
 
     def hard_counts(self, masks: list[torch.Tensor] | None = None) -> list[int]:
         """Channels each group keeps when binarised: ``alpha > 0`` (dais) or the rounded expected width."""
@@ -116,67 +118,89 @@ class ChannelGates(nn.Module):
         return [int(round(float(m.detach().sum()))) for m in masks]
 
 
-class _GateMul(nn.Module):
-    """``x * mask[index]`` broadcast over the channel axis ``dim``."""
+class GatedModel(nn.Module):
+    """The user's model with each group's soft masks applied where its channels are read.
 
-    def __init__(self, index: torch.Tensor, dim: int) -> None:
-        super().__init__()
-        self.register_buffer("index", index)
-        self.dim = dim
+    Every layer that reads channels of a prunable group (the ``"in"`` sites: convolutions and
+    linear layers, in training-only branches too) gets a forward pre-hook that multiplies its
+    input channels by their masks, so that every path from a producer to a reader is masked
+    exactly once: after everything that the cut removes with the channel (its BN, activation,
+    pooling, the other operands of a residual sum), before the one op that would read it. A
+    depthwise (or block-tied) conv whose outputs are the same group's channels is not a reader:
+    the group goes on through it and is masked where it is read next. With 0/1 masks the gated
+    model therefore computes what the pruned model computes, in train mode as in eval mode (the
+    model's own ``forward`` runs: stochastic depth, auxiliary heads, dropout as it defines them).
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        shape = [1] * x.dim()
-        shape[self.dim] = -1
-        return x * mask[self.index].view(shape).to(x.dtype)
+    ``gates`` is evaluated once per forward pass (or its ``fixed_masks`` are used). The model is
+    shared, not copied; :meth:`remove` takes the hooks off again.
 
-
-def attach_gates(graph: ChannelGraph, gates: ChannelGates) -> fx.GraphModule:
-    """The traced model with each group's masks applied after each producer (and its BN).
-
-    The returned module shares parameters with the model ``graph`` was traced from; ``gates``
-    becomes its submodule ``dais_gates`` and is evaluated once per forward pass.
+    Args:
+        model: the dense model ``graph`` was traced from.
+        graph: its :func:`~dais_search.channels.trace_channels` result.
+        gates: the indicators of ``graph``'s prunable groups.
     """
-    copied = fx.Graph()
-    copied.output(copied.graph_copy(graph.gm.graph, {}))  # the analysis keeps its own graph
-    gm = fx.GraphModule(graph.gm, copied)  # shares the model's modules and parameters
-    gm.add_submodule("dais_gates", gates)
-    position = {gid: i for i, gid in enumerate(gates.group_ids)}
-    first = next(n for n in gm.graph.nodes if n.op != "placeholder")
-    with gm.graph.inserting_before(first):
-        masks_node = gm.graph.call_module("dais_gates")
-    count = 0
-    for group in graph.groups:
-        if group.id not in position:
-            continue
-        for member in group.producers:
-            node = next((n for n in gm.graph.nodes if n.op == "call_module" and n.target == member.name), None)
-            if node is None:
+
+    def __init__(self, model: nn.Module, graph: ChannelGraph, gates: ChannelGates) -> None:
+        super().__init__()
+        self.model, self.gates = model, gates
+        self._flat: torch.Tensor | None = None  # [1, masks of group 0, group 1, ...] during a forward pass
+        offset, start = {}, 1
+        for gid, size in zip(gates.group_ids, gates.sizes, strict=True):
+            offset[gid], start = start, start + size
+        self._handles = []
+        self.readers: list[str] = []
+        for (path, role), atoms in graph.sites.items():
+            if role != "in" or _carries_group(graph, path):
                 continue
-            info = graph.infos[node.name]
-            # After the producer's BN when the BN is its only user: masking before a BN would be undone by its shift.
-            users = list(node.users)
-            if (
-                len(users) == 1
-                and users[0].op == "call_module"
-                and isinstance(gm.get_submodule(users[0].target), nn.modules.batchnorm._BatchNorm)
-            ):
-                node = users[0]
-                info = graph.infos[node.name]
-            if list(member.positions) != list(range(len(info.atoms))):  # pragma: no cover - producers own their outputs
-                raise AssertionError(f"{member.name} produces channels of several groups")
-            index = torch.tensor(member.classes)
-            name = f"dais_gate_{count}"
-            count += 1
-            gm.add_submodule(name, _GateMul(index, info.cdim))
-            with gm.graph.inserting_after(node):
-                pick = gm.graph.call_function(_pick, (masks_node, position[group.id]))
-            with gm.graph.inserting_after(pick):
-                gated = gm.graph.call_module(name, (node, pick))
-            node.replace_all_uses_with(gated, delete_user_cb=lambda user, g=gated: user is not g)
-    gm.graph.lint()
-    gm.recompile()
-    return gm
+            index = []
+            for atom in atoms:
+                gc = graph.atom_class.get(atom)
+                index.append(offset[gc[0]] + gc[1] if gc is not None and gc[0] in offset else 0)
+            if not any(index):
+                continue
+            module = model.get_submodule(path)
+            name = f"_index_{len(self.readers)}"
+            self.register_buffer(name, torch.tensor(index), persistent=False)
+            dim = -1 if isinstance(module, nn.Linear) else 1
+            self._handles.append(module.register_forward_pre_hook(self._masker(name, dim)))
+            self.readers.append(path)
+
+    def _masker(self, index_name: str, dim: int):
+        def mask_input(module: nn.Module, inputs: tuple) -> tuple | None:
+            if self._flat is None:
+                return None  # the model called on its own, outside this wrapper: ungated
+            x = inputs[0]
+            shape = [1] * x.dim()
+            shape[dim] = -1
+            return (x * self._flat[getattr(self, index_name)].view(shape).to(x.dtype), *inputs[1:])
+
+        return mask_input
+
+    def forward(self, *args, **kwargs):
+        masks = self.gates()
+        self._flat = torch.cat([self.gates.temperature.new_ones(1), *masks]) if masks else None
+        try:
+            return self.model(*args, **kwargs)
+        finally:
+            self._flat = None
+
+    def remove(self) -> None:
+        """Takes the hooks off the model."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
 
-def _pick(masks: list[torch.Tensor], i: int) -> torch.Tensor:
-    return masks[i]
+def _carries_group(graph: ChannelGraph, path: str) -> bool:
+    """Whether the layer at ``path`` outputs, channel for channel, the group channels it reads
+    (depthwise and block-tied grouped convs): then its input is not where the group is read."""
+    reads, writes = graph.sites.get((path, "in")), graph.sites.get((path, "out"))
+    if reads is None or writes is None or len(reads) != len(writes):
+        return False
+    classes = [(graph.atom_class.get(a), graph.atom_class.get(b)) for a, b in zip(reads, writes, strict=True)]
+    return any(r is not None for r, _ in classes) and all(r == w for r, w in classes)
+
+
+def attach_gates(model: nn.Module, graph: ChannelGraph, gates: ChannelGates) -> GatedModel:
+    """``GatedModel(model, graph, gates)``: the model with the gates' masks where its groups are read."""
+    return GatedModel(model, graph, gates)

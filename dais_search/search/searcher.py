@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ..budget import Budget
 from ..channels import ChannelGraph, ChannelPlan, FlopsModel, trace_channels
-from ..train import cosine_schedule, make_sgd, train_step
+from ..train import classification_loss, cosine_schedule, make_sgd, to_model, train_step
 from .gates import ChannelGates, attach_gates
 from .importance import log_importance
 from .repair import repair, whole_units
@@ -79,7 +79,8 @@ class Searcher:
         scores = [log_importance(criterion, model, g) for g in self.groups]
         self.gates = ChannelGates(self.groups, spec.mode, scores, start_keep, spec.temperature_start)
         self.gates.to(example_input.device)
-        self.gated = attach_gates(self.graph, self.gates)
+        self.gated = attach_gates(model, self.graph, self.gates)
+        self._weight_masks: list[torch.Tensor] | None = None  # the gates' masks, cached between gate steps
         self.weight_params = [p for p in model.parameters() if p.requires_grad]
         self.gate_params = list(self.gates.parameters())
         self.w_opt = make_sgd(model, spec.weight_lr, spec.momentum, spec.weight_decay)
@@ -111,10 +112,22 @@ class Searcher:
         return t
 
     def weight_step(self, x: torch.Tensor, y: torch.Tensor) -> StepStats:
-        """One SGD step of the weights on a train batch (gates fixed)."""
+        """One SGD step of the weights on a train batch (gates fixed).
+
+        The gates do not move between gate steps, so their masks are computed once after each
+        gate step (at that step's temperature) and reused: no allocation solve per weight step.
+        """
         self._set_trainable(weights=True)
         self.gated.train()
-        out = train_step(self.gated, x, y, self.w_opt, self.w_sched)
+        x, y = to_model(x, y, self.model)
+        if self._weight_masks is None:
+            with torch.no_grad():
+                self._weight_masks = self.gates()
+        self.gates.fixed_masks = self._weight_masks
+        try:
+            out = train_step(self.gated, x, y, self.w_opt, self.w_sched)
+        finally:
+            self.gates.fixed_masks = None
         self.step += 1
         return StepStats(float(out["loss"].detach()), int((out["output"].detach().argmax(1) == y).sum()), len(y))
 
@@ -134,9 +147,9 @@ class Searcher:
         """One Adam step of indicators and keep ratios on a held-out batch, then the dual update."""
         self._set_trainable(weights=False)
         self.gated.train()
+        x, y = to_model(x, y, self.model)
         masks = self.gates()
-        out = self._forward_with(x, masks)
-        task = F.cross_entropy(out, y)
+        task, out = classification_loss(self._forward_with(x, masks), y)
         penalty, r, rp = self.budget_terms(masks)
         loss = task + penalty.to(task.dtype)
         self.g_opt.zero_grad(set_to_none=True)
@@ -147,6 +160,7 @@ class Searcher:
         if rp is not None:
             self.lam_params = max(0.0, self.lam_params + rho * float(rp.detach()))
         self._set_trainable(weights=True)
+        self._weight_masks = None  # the gates moved
         return {"val_loss": float(task.detach()), "val_correct": int((out.detach().argmax(1) == y).sum()),
                 "val_seen": len(y), "flops_ratio": float(r.detach()) + 1}  # fmt: skip
 
@@ -223,8 +237,11 @@ class Searcher:
         for g, n, s in zip(self.groups, counts, scores, strict=True):
             order = torch.argsort(s, descending=True)
             kept[g.id] = whole_units(g, order, max(n, g.min_keep, self.budget.budget.min_keep))
-        kept = repair(self.flops_model, kept, [m.detach().cpu() for m in masks], self.flops_target,
-                      self.params_target, self.budget.budget.min_keep)  # fmt: skip
+        # Repair ranks units by sigmoid(margin): the masks themselves are all ~1 (or ~0) after
+        # annealing and would leave only the FLOPs saved to decide.
+        values = [torch.sigmoid(m).cpu() for m in self.gates.margins()]
+        kept = repair(self.flops_model, kept, values, self.flops_target, self.params_target,
+                      self.budget.budget.min_keep)  # fmt: skip
         return ChannelPlan.create(self.model, kept, self.input_shape, self.budget.budget.ignore, graph=self.graph,
                                   meta={"method": f"dais_search:{self.budget.search.mode}",
                                         "target_flops": int(self.flops_target)})  # fmt: skip
@@ -242,6 +259,7 @@ class Searcher:
         self.w_sched.load_state_dict(state["w_sched"])
         self.g_opt.load_state_dict(state["g_opt"])
         self.lam, self.lam_params, self.step = state["lam"], state["lam_params"], state["step"]
+        self._weight_masks = None
 
 
 def _uniform_keep(fm: FlopsModel, target: float) -> float:

@@ -60,8 +60,15 @@ def expand(model: nn.Module, ratio: int = 4, skip: tuple[str, ...] = (), seed: i
 
 
 def fold(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every :class:`Foldable` block replaced by its folded layer."""
+    """A copy of ``model`` with every :class:`Foldable` block replaced by its folded layer.
+
+    The copy carries no forward hooks: those of training helpers (a :class:`DistillTask`'s
+    feature hooks, gates) would otherwise come along with ``deepcopy`` and keep running.
+    """
     folded = copy.deepcopy(model)
+    for module in folded.modules():
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
     for path, module in list(folded.named_modules()):
         if path and isinstance(module, Foldable) and not isinstance(module, nn.Sequential):
             _replace(folded, path, module.fold())
