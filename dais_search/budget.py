@@ -127,24 +127,40 @@ class Budget:
         return out
 
 
+_UNITS = {"K": 1e3, "M": 1e6, "G": 1e9}
+MIN_ABSOLUTE = 1000  # smaller numbers above 1 are typos of fractions, not FLOPs counts
+
+
 def _target(value: str | float, dense: int, key: str) -> float:
     if isinstance(value, str):
-        return float(value.rstrip("%")) / 100 * dense
-    return float(value) if value > 1 else float(value) * dense
+        if value.endswith("%"):
+            return float(value[:-1]) / 100 * dense
+        return float(value[:-1]) * _UNITS[value[-1].upper()] if value[-1].upper() in _UNITS else float(value)
+    return float(value) * dense if value <= 1 else float(value)
 
 
 def _check_fraction(value: Any, key: str, where: str) -> str | float:
+    """A budget: ``"50%"``, a fraction in (0, 1], or an absolute count (``1.25e8``, ``"125M"``)."""
+    forms = 'write "50%", a fraction in (0, 1] like 0.5, or an absolute count like 1.25e8 or "125M"'
     if isinstance(value, str):
-        text = value.strip()
+        text = value.strip().replace(" ", "")
+        number, unit = (text[:-1], text[-1]) if text and (text[-1] == "%" or text[-1].upper() in _UNITS) else (text, "")
         try:
-            pct = float(text.rstrip("%"))
+            amount = float(number)
         except ValueError:
-            raise UserError(f'{where}: {key} = {value!r} is not a percentage like "50%"') from None
-        if not text.endswith("%") or not 0 < pct <= 100:
+            raise UserError(f"{where}: {key} = {value!r} is not a budget; {forms}") from None
+        if unit == "%" and not 0 < amount <= 100:
             raise UserError(f'{where}: {key} = {value!r}; write a percentage in (0%, 100%] like "50%"')
+        if unit != "%" and amount * _UNITS.get(unit.upper(), 1) < MIN_ABSOLUTE:
+            raise UserError(f"{where}: {key} = {value!r} is too small for an absolute count; {forms}")
         return text
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise UserError(f'{where}: {key} = {value!r}; give "50%", a fraction like 0.5, or an absolute count')
+        raise UserError(f"{where}: {key} = {value!r}; {forms}")
+    if value > 1 and (value < MIN_ABSOLUTE or not float(value).is_integer()):
+        raise UserError(
+            f"{where}: {key} = {value!r} is neither a fraction in (0, 1] nor an absolute count (a whole number "
+            f">= {MIN_ABSOLUTE}); {forms}"
+        )
     return float(value)
 
 

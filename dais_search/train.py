@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 __all__ = [
     "AUX_WEIGHT",
+    "as_input",
     "classification_loss",
     "cosine_schedule",
     "cross_entropy",
@@ -73,17 +74,19 @@ def device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def to_model(x: torch.Tensor, y: torch.Tensor, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch on ``model``'s device, floating-point inputs in its dtype: the one place batches are moved.
-
-    Non-blocking, so that a copy from pinned memory (our loaders pin when CUDA is available)
-    overlaps with the computation already queued.
-    """
+def as_input(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """``x`` on ``model``'s device and, if floating point, in its dtype (non-blocking: a copy from
+    pinned memory overlaps with the computation already queued)."""
     p = next((p for p in model.parameters() if p.is_floating_point()), None)
     if p is None:
-        return x, y
-    dtype = p.dtype if x.is_floating_point() else None
-    return x.to(p.device, dtype, non_blocking=True), y.to(p.device, non_blocking=True)
+        return x
+    return x.to(p.device, p.dtype if x.is_floating_point() else None, non_blocking=True)
+
+
+def to_model(x: torch.Tensor, y: torch.Tensor, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch on ``model``'s device, floating-point inputs in its dtype: the one place batches are moved."""
+    x = as_input(x, model)
+    return x, y.to(x.device, non_blocking=True)
 
 
 AUX_WEIGHT = 0.4

@@ -45,7 +45,11 @@ BASE = {"version": 1, "model": {"name": "resnet20"}}
         ({"search": {"mode": "lasso"}}, "search.mode = 'lasso'"),
         ({"search": {"temperature_start": 0.01, "temperature_end": 1.0}}, "temperature_end"),
         ({"budget": {"flops": "150%"}}, "budget.flops = '150%'"),
-        ({"budget": {"flops": "half"}}, "not a percentage"),
+        ({"budget": {"flops": "half"}}, "'half' is not a budget"),
+        ({"budget": {"flops": 1.5}}, "1.5 is neither a fraction in \\(0, 1\\] nor an absolute count"),
+        ({"budget": {"flops": 500}}, "500 is neither a fraction"),
+        ({"budget": {"flops": 12345.5}}, "neither a fraction"),
+        ({"budget": {"flops": "12"}}, "too small for an absolute count"),
         ({"budget": {"flops": -3}}, "budget.flops = -3"),
         ({"budget": {"input_size": [32, 32]}}, "budget.input_size"),
         ({"model": {}}, "model.name is required"),
@@ -64,7 +68,11 @@ def test_mistakes_are_named(change, needle):
 def test_flops_forms_and_params():
     assert parse_budget({**BASE, "budget": {"flops": "30%"}}).flops_target(1000) == pytest.approx(300)
     assert parse_budget({**BASE, "budget": {"flops": 0.25}}).flops_target(1000) == pytest.approx(250)
-    assert parse_budget({**BASE, "budget": {"flops": 400}}).flops_target(1000) == pytest.approx(400)
+    assert parse_budget({**BASE, "budget": {"flops": 1}}).flops_target(1000) == pytest.approx(1000)  # 100%
+    assert parse_budget({**BASE, "budget": {"flops": 4000}}).flops_target(10**4) == pytest.approx(4000)
+    assert parse_budget({**BASE, "budget": {"flops": 1.25e8}}).flops_target(10**9) == pytest.approx(1.25e8)
+    assert parse_budget({**BASE, "budget": {"flops": "125M"}}).flops_target(10**9) == pytest.approx(1.25e8)
+    assert parse_budget({**BASE, "budget": {"flops": "1.5 G"}}).flops_target(10**10) == pytest.approx(1.5e9)
     budget = parse_budget({**BASE, "budget": {"params": "60%"}})
     assert budget.params_target(100) == pytest.approx(60) and parse_budget(BASE).params_target(100) is None
 

@@ -29,7 +29,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..cost import count_flops, count_params
+from ..cost import count_flops, count_params, example_input
 from ..errors import UserError
 from ..files import write_json
 from .atoms import TensorInfo
@@ -210,7 +210,7 @@ class ChannelPlan:
         """
         input_shape = tuple(int(s) for s in input_shape)
         ignore = tuple(ignore)
-        graph = graph or trace_channels(dense, _example(dense, input_shape), ignore)
+        graph = graph or trace_channels(dense, example_input(dense, input_shape), ignore)
         clean = _check_kept(graph.groups, kept)
         pruned = copy.deepcopy(dense)
         _slice_model(pruned, graph, clean)
@@ -236,7 +236,7 @@ class ChannelPlan:
                 f"{actual}{', ' + repr(self.meta['model']) if 'model' in self.meta else ''}); "
                 f"apply it to the dense model it was searched on"
             )
-        graph = graph or trace_channels(dense, _example(dense, self.input_shape), self.ignore, warn=False)
+        graph = graph or trace_channels(dense, example_input(dense, self.input_shape), self.ignore, warn=False)
         _check_kept(graph.groups, self.kept)
         return graph
 
@@ -320,11 +320,6 @@ class ChannelPlan:
         return cls.from_dict(data, f"plan file {path!r}")
 
 
-def _example(model: nn.Module, shape: Sequence[int]) -> torch.Tensor:
-    p = next(model.parameters(), None)
-    return torch.zeros(tuple(shape), device=p.device if p is not None else "cpu")
-
-
 def random_plan(
     dense: nn.Module,
     input_shape: Sequence[int] = (1, 3, 32, 32),
@@ -339,7 +334,7 @@ def random_plan(
         keep: the fraction to keep in every group, or a (low, high) range drawn per group.
     """
     rng = np.random.default_rng(seed)
-    graph = graph or trace_channels(dense, _example(dense, input_shape), tuple(ignore))
+    graph = graph or trace_channels(dense, example_input(dense, input_shape), tuple(ignore))
     kept: dict[int, list[int]] = {}
     for g in graph.groups:
         if not g.prunable:

@@ -4,7 +4,15 @@ Plain torch: it imports nothing else of dais_search, so everything may use it. T
 cost of channel widths that the search optimises is :class:`dais_search.channels.FlopsModel`.
 """
 
-from .counting import LayerCost, count_flops, count_params, flops_breakdown
+from .counting import LayerCost, count_flops, count_params, example_input, flops_breakdown
 from .latency import interleaved_latency, median_ratio
 
-__all__ = ["LayerCost", "count_flops", "count_params", "flops_breakdown", "interleaved_latency", "median_ratio"]
+__all__ = [
+    "LayerCost",
+    "count_flops",
+    "count_params",
+    "example_input",
+    "flops_breakdown",
+    "interleaved_latency",
+    "median_ratio",
+]

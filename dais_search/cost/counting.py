@@ -20,10 +20,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["LayerCost", "count_flops", "count_params", "flops_breakdown"]
+__all__ = ["LayerCost", "count_flops", "count_params", "example_input", "flops_breakdown"]
 
 
-def _example(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -> torch.Tensor:
+def example_input(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """Zeros of ``input_shape`` on ``model``'s device in its floating dtype (a tensor is returned as is)."""
     if isinstance(input_shape, torch.Tensor):
         return input_shape
     param = next(model.parameters(), None)
@@ -56,7 +57,7 @@ def count_flops(model: nn.Module, input_shape: Sequence[int] | torch.Tensor = (1
     Returns:
         FLOPs as an integer (2 x MACs of conv/linear/matmul).
     """
-    return int(_counted_forward(model, _example(model, input_shape)).get_total_flops())
+    return int(_counted_forward(model, example_input(model, input_shape)).get_total_flops())
 
 
 def count_params(model: nn.Module) -> int:
@@ -88,7 +89,7 @@ def flops_breakdown(model: nn.Module, input_shape: Sequence[int] | torch.Tensor 
     Returns:
         One :class:`LayerCost` per module with FLOPs or parameters of its own.
     """
-    counter = _counted_forward(model, _example(model, input_shape))
+    counter = _counted_forward(model, example_input(model, input_shape))
     # FlopCounterMode keys nested module names as "<RootClass>.<path>"; FLOPs of a module include
     # its children's, so a module's own FLOPs are its total minus its children's totals.
     root = type(model).__name__

@@ -29,7 +29,7 @@ from ..channels import ChannelPlan
 from ..errors import UserError
 from ..files import atomic_torch_save
 from ..monitor import MetricWriter, indicator_heatmap
-from ..train import recalibrate_bn, time_train_steps
+from ..train import as_input, recalibrate_bn, time_train_steps
 from .schedules import get_schedule
 from .searcher import Searcher
 
@@ -99,6 +99,7 @@ def search(
     if resume and (state_path is None or not os.path.isfile(state_path)):
         raise UserError(f"resume: no search state at {state_path}; start without resume")
     torch.manual_seed(spec.seed)
+    example_input = as_input(example_input, model)
     dense = copy.deepcopy(model)  # the dense weights, for timing dense steps at the end
     steps = len(train_loader) if not spec.max_steps else min(spec.max_steps, len(train_loader))
     gate_every = spec.gate_every or max(1, len(train_loader) // max(1, len(held_out_loader)))

@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 
+import dais_search as ds
 from dais_search import create_model
 from dais_search.budget import parse_budget
 from dais_search.search import Searcher
@@ -42,3 +43,68 @@ def test_weights_move_only_on_weight_steps_and_gates_only_on_gate_steps():
     assert all(torch.equal(a, b) for a, b in zip(w1, w2, strict=True))
     assert any(not torch.equal(a, b) for a, b in zip(g1, g2, strict=True))
     assert searcher.lam == pytest.approx(lam + (stats["flops_ratio"] - 1))  # dual ascent, rho = 1
+
+
+def test_a_gate_step_over_budget_lowers_the_soft_flops():
+    model = create_model("resnet8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        searcher = Searcher(model, _budget(gate_lr=0.05), torch.zeros(1, 3, 32, 32), steps_per_epoch=4)
+    with torch.no_grad():
+        searcher.gates.theta.fill_(2.0)  # every group keeps ~88%: far over the 50% budget
+    searcher.lam = 5.0  # the multiplier of a search that has been over budget for a while
+
+    def soft_ratio() -> float:
+        with torch.no_grad():
+            return float(searcher.flops_model.flops(searcher.gates.expected_width())) / searcher.flops_target
+
+    ratios = [soft_ratio()]
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    for _ in range(3):
+        searcher.gate_step(x, y)
+        ratios.append(soft_ratio())
+    assert ratios[0] > 1.5 and all(b < a for a, b in zip(ratios, ratios[1:], strict=False)), ratios
+
+
+@pytest.mark.parametrize("mode", ["dais", "dsa", "dais+dsa"])
+def test_the_search_starts_on_the_budget(mode):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        searcher = Searcher(create_model("resnet8"), _budget(mode=mode), torch.zeros(1, 3, 32, 32), 4)
+    with torch.no_grad():
+        ratio = float(searcher.flops_model.flops(searcher.gates.expected_width())) / searcher.flops_target
+    assert 0.97 <= ratio <= 1.0 + 1e-6  # the uniform keep ratio whose soft FLOPs fit the target
+
+
+def test_a_float64_model_is_fed_float64_batches():
+    """Batches reach the model through the one place that moves them (train.to_model): a float64
+    model searched and recalibrated from float32 loaders works, and its gated forward sees float64."""
+    model = create_model("resnet8").double()
+    seen = []
+    model.conv1.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].dtype))
+    batches = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(3)]
+    budget = ds.Budget(search=ds.SearchSpec(epochs=1, gate_every=1, recalibrate_batches=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = ds.search(model, budget, batches, batches, torch.zeros(1, 3, 32, 32), progress=False)
+    assert set(seen) == {torch.float64}
+    assert next(result.pruned.parameters()).dtype == torch.float64
+
+
+def test_binarize_keeps_the_top_indicators_and_meets_the_budget():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        searcher = Searcher(create_model("resnet8"), _budget(mode="dais+dsa"), torch.zeros(1, 3, 32, 32), 4)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for alpha in searcher.gates.alpha:
+            alpha.copy_(torch.randn(alpha.shape, generator=g) * 3)
+        searcher.gates.temperature.fill_(0.02)
+    plan = searcher.binarize()
+    assert 0.99 * searcher.flops_target <= plan.flops <= searcher.flops_target
+    for i, group in enumerate(searcher.groups):
+        kept = plan.kept.get(group.id, list(range(group.size)))
+        alpha = searcher.gates.alpha[i].detach()
+        dropped = sorted(set(range(group.size)) - set(kept))
+        if dropped:  # every kept channel's indicator is above every dropped one's
+            assert alpha[kept].min() > alpha[dropped].max(), group.name
