@@ -86,3 +86,12 @@ def test_timing_is_positive_and_search_leaves_our_loaders_where_the_search_left_
         warnings.simplefilter("ignore")
         ds.search(ds.create_model("resnet8"), budget, train, held, torch.zeros(1, 3, 32, 32), progress=False)
     assert train.epoch == 3  # two search epochs and the BN recalibration; the dense timing put it back
+
+
+def test_recalibration_sees_the_inference_network_not_dropout():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Dropout(0.5), nn.BatchNorm2d(4))
+    batches = _batches(2)
+    recalibrate_bn(model, batches, batches=2)
+    features = torch.cat([model[0](x) for x, _ in batches])  # what inference feeds the BN: no dropout
+    torch.testing.assert_close(model[2].running_mean, features.detach().mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert model.training and model[1].training, "the modes are restored"

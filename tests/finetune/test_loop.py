@@ -48,3 +48,17 @@ def test_finetune_needs_a_plan_or_an_input_shape():
     teacher, _, pruned = _pruned()
     with pytest.raises(ValueError, match="input_shape"):
         ds.finetune(pruned, teacher, _batches(1), progress=False)
+
+
+def test_the_folded_copy_carries_no_distillation_hooks():
+    teacher, plan, pruned = _pruned()
+    student = ds.expand(pruned, 2)
+    task = ds.DistillTask(student, teacher, layers="stages")
+    folded = ds.fold(student)
+    assert not any(m._forward_hooks for m in folded.modules())
+    task._features["s"].clear()
+    with torch.no_grad():
+        folded.eval()(torch.randn(2, 3, 32, 32))
+    assert task._features["s"] == {}, "the folded copy fed the task's feature store"
+    student.eval()(torch.randn(2, 3, 32, 32))
+    assert task._features["s"], "the student itself still does (negative control)"
