@@ -22,6 +22,6 @@ def test_sweep(name):
     row = sweep_one(name)
     assert row["status"] in ("ok", "not-supported"), row.get("error") or row
     if row["status"] == "ok":
-        assert row["max_rel_error"] <= 1e-4 and row["prunable"] > 0
+        assert row["max_rel_error"] <= 1e-4 and row["train_max_rel_error"] <= 1e-4 and row["prunable"] > 0
     else:
         assert row["blocked_by"], "a model that cannot be pruned names what blocked it"
