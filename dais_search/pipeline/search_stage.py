@@ -6,6 +6,7 @@ Everything needed to reproduce a run is written next to its outputs::
     OUT/state.pt         the search state after each epoch (``--resume`` continues from it)
     OUT/plan.json        the binarised plan                 OUT/pruned.pt    the pruned, BN-recalibrated model
     OUT/metrics.json     accuracies, FLOPs, timings         OUT/tb/          TensorBoard events
+    OUT/uniform_l1/plan.json   uniform L1 widths at the searched plan's FLOPs (the comparison row)
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def run_search(budget: Budget, budget_path: str, out: str, resume: bool = False,
 
     # Reported beside the result: uniform L1 pruning of the dense model at the same FLOPs.
     baseline_plan = uniform_plan(dense, shape, plan.flops, budget.budget.ignore)
+    baseline_plan.meta.update(model=budget.model.name, num_classes=num_classes, target_flops=plan.flops)
+    baseline_plan.save(out_dir / "uniform_l1" / "plan.json")  # for comparisons: fine-tune it like ours
     baseline = recalibrate_bn(baseline_plan.apply(dense), train_loader, spec.recalibrate_batches)
 
     def accuracy(m, data) -> float:
