@@ -4,6 +4,7 @@ gates (the initial, norm-based ranking) it keeps the noise."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import dais_search as ds
+from dais_search.train import recalibrate_bn
 
 
 class Probe(nn.Module):
@@ -51,7 +53,8 @@ def _trained_probe() -> Probe:
     return model
 
 
-def _kept(gate_lr: float) -> set[int]:
+@functools.cache
+def _kept(gate_lr: float) -> frozenset[int]:
     model = _trained_probe()
     budget = ds.Budget(budget=ds.BudgetSpec(flops="50%"),
                        search=ds.SearchSpec(epochs=1, weight_lr=0.001, gate_lr=gate_lr, gate_every=1,
@@ -60,7 +63,7 @@ def _kept(gate_lr: float) -> set[int]:
         warnings.simplefilter("ignore")
         result = ds.search(model, budget, _data(2048, 1), _data(2048, 2), torch.zeros(1, 8, 4, 4), progress=False)
     (group,) = result.plan.kept  # the conv's output channels: the one prunable group
-    return set(result.plan.kept[group])
+    return frozenset(result.plan.kept[group])
 
 
 def test_the_search_keeps_the_informative_channels():
@@ -69,3 +72,28 @@ def test_the_search_keeps_the_informative_channels():
 
 def test_with_frozen_gates_the_norm_ranking_keeps_the_noise():
     assert _kept(gate_lr=1e-9) == {4, 5, 6, 7}  # the control: learning the gates is what finds them
+
+
+def _finetuned_accuracy(plan: ds.ChannelPlan) -> float:
+    """Test accuracy of the plan's model cut from the trained probe after one short plain fine-tune."""
+    torch.manual_seed(0)
+    pruned = recalibrate_bn(plan.apply(_trained_probe()), _data(512, 1), batches=8)
+    optimizer = ds.make_sgd(pruned, 0.01)
+    ds.train_one_epoch(pruned, _data(512, 3), optimizer, progress=False)
+    return ds.evaluate(pruned, _data(1024, 4), progress=False)["top1"]
+
+
+def test_the_searched_plan_beats_random_plans_of_the_same_flops_after_the_same_finetune():
+    model, shape = _trained_probe(), (1, 8, 4, 4)
+    (group,) = [g.id for g in ds.find_channel_groups(model, torch.zeros(shape)) if g.prunable]
+
+    def plan(kept) -> ds.ChannelPlan:
+        return ds.ChannelPlan.create(model, {group: sorted(kept)}, shape)
+
+    searched, frozen = plan(_kept(gate_lr=0.1)), plan(_kept(gate_lr=1e-9))
+    randoms = [plan(torch.randperm(8, generator=torch.Generator().manual_seed(s))[:4].tolist()) for s in range(3)]
+    assert all(r.flops == searched.flops == frozen.flops for r in randoms)
+    best_random = max(_finetuned_accuracy(r) for r in randoms)
+    searched_accuracy, frozen_accuracy = _finetuned_accuracy(searched), _finetuned_accuracy(frozen)
+    assert searched_accuracy > best_random + 5.0, (searched_accuracy, best_random)
+    assert frozen_accuracy < best_random, (frozen_accuracy, best_random)  # the control: the norm ranking's plan
