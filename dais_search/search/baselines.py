@@ -53,6 +53,9 @@ def uniform_plan(
         for g, s in zip(fm.groups, scores, strict=True)
     }
     # Granularity leaves the shared ratio short of the target: top up with the best channels per FLOP.
+    # The criterion's scale differs from layer to layer, so scores are normalised by each group's
+    # maximum before they are compared across groups: a heuristic that decides only the few channels
+    # of the top-up (the widths stay within a few channels of uniform).
     masks = [s / s.max().clamp(min=1e-12) for s in scores]
     kept = repair(fm, kept, masks, flops_target)
     return ChannelPlan.create(model, kept, input_shape, tuple(ignore), {"method": f"uniform-{criterion}"}, graph)
