@@ -70,6 +70,8 @@ class BatchLoader:
         seed: seeds shuffling and augmentation; pass ``k`` gives the same batches for the same seed.
         drop_last: drop a last incomplete batch.
         pad: zero padding of the random crop; negative: no augmentation.
+        pin_memory: yield batches in page-locked memory, so that copies to a GPU overlap with its
+            work (default: when CUDA is available).
     """
 
     def __init__(
@@ -81,11 +83,13 @@ class BatchLoader:
         seed: int = 0,
         drop_last: bool = False,
         pad: int = 4,
+        pin_memory: bool | None = None,
     ) -> None:
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}")
         self.data, self.batch_size, self.train, self.drop_last, self.pad = data, batch_size, train, drop_last, pad
         self.seed, self.epoch = seed, 0
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.shift, self.scale = _normalizer(normalize)
         if data.images.shape[1] != self.shift.shape[1]:
             # Grey-scale images with RGB statistics: use the mean of the channels' statistics.
@@ -110,7 +114,8 @@ class BatchLoader:
                 x, y = self.data.images[idx], self.data.labels[idx]
             if self.train and self.pad >= 0:
                 x = augment_batch(x, generator, self.pad)
-            yield x.float().sub_(self.shift).mul_(self.scale), y
+            x = x.float().sub_(self.shift).mul_(self.scale)
+            yield (x.pin_memory(), y.pin_memory()) if self.pin_memory else (x, y)
 
 
 class _Transformed(torch.utils.data.Dataset):
@@ -162,5 +167,6 @@ def make_loader(
         num_workers=workers,
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
         drop_last=drop_last,
     )

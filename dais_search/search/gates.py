@@ -160,7 +160,7 @@ class GatedModel(nn.Module):
                 continue
             module = model.get_submodule(path)
             name = f"_index_{len(self.readers)}"
-            self.register_buffer(name, torch.tensor(index), persistent=False)
+            self.register_buffer(name, torch.tensor(index, device=gates.temperature.device), persistent=False)
             dim = -1 if isinstance(module, nn.Linear) else 1
             self._handles.append(module.register_forward_pre_hook(self._masker(name, dim)))
             self.readers.append(path)

@@ -40,7 +40,7 @@ def factor_conv(
     out_ch, in_ch = kernel.shape[:2]
     w1 = orthonormal(ratio * in_ch, in_ch, generator)
     w3 = orthonormal(out_ch, ratio * out_ch, generator)
-    w2 = torch.einsum("oq,oiuv,pi->qpuv", w3, kernel.double(), w1)
+    w2 = torch.einsum("oq,oiuv,pi->qpuv", w3, kernel.double().cpu(), w1)  # factors are drawn on the CPU
     dtype = kernel.dtype
     return w1[:, :, None, None].to(dtype), w2.to(dtype), w3[:, :, None, None].to(dtype)
 
@@ -55,5 +55,5 @@ def factor_linear(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(w1, w2)`` with ``w2 @ w1 == weight``; ``w1`` (r*I, I) has orthonormal columns."""
     w1 = orthonormal(ratio * weight.shape[1], weight.shape[1], generator)
-    w2 = weight.double() @ w1.T
+    w2 = weight.double().cpu() @ w1.T  # factors are drawn on the CPU
     return w1.to(weight.dtype), w2.to(weight.dtype)
