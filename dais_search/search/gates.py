@@ -150,7 +150,7 @@ class GatedModel(nn.Module):
         self._handles = []
         self.readers: list[str] = []
         for (path, role), atoms in graph.sites.items():
-            if role != "in" or _carries_group(graph, path):
+            if role != "in" or _carries_group(graph, model, path):
                 continue
             index = []
             for atom in atoms:
@@ -191,9 +191,15 @@ class GatedModel(nn.Module):
         self._handles = []
 
 
-def _carries_group(graph: ChannelGraph, path: str) -> bool:
+def _carries_group(graph: ChannelGraph, model: nn.Module, path: str) -> bool:
     """Whether the layer at ``path`` outputs, channel for channel, the group channels it reads
-    (depthwise and block-tied grouped convs): then its input is not where the group is read."""
+    (depthwise and block-tied grouped convs): then its input is not where the group is read.
+
+    Only a grouped conv can: a dense layer mixes its input channels, so it reads them even when a
+    residual add makes its outputs the same group, channel for channel, as its inputs (a 1x1
+    projection inside a residual whose stream a depthwise conv ties to its own outputs)."""
+    if getattr(model.get_submodule(path), "groups", 1) == 1:
+        return False
     reads, writes = graph.sites.get((path, "in")), graph.sites.get((path, "out"))
     if reads is None or writes is None or len(reads) != len(writes):
         return False

@@ -39,6 +39,25 @@ class TwoUsers(nn.Module):
         return self.head(F.adaptive_avg_pool2d(F.relu(self.bn2(y)), 1).flatten(1))
 
 
+class DepthwiseResidual(nn.Module):
+    """EfficientNet-B1's stage-1 repeat (expand ratio 1): x -> depthwise -> BN -> SiLU -> 1x1
+    projection -> BN, plus x. The depthwise conv ties the stream to its own outputs and the add ties
+    the projection's outputs to the stream, so the projection reads and writes the same group
+    channel for channel; it is still a reader (it mixes channels), unlike the depthwise conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.dw, self.bn1 = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8)
+        self.project, self.bn2 = nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = F.silu(self.bn0(self.stem(x)))
+        x = x + self.bn2(self.project(F.silu(self.bn1(self.dw(x)))))
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
 def _set_hard(gates: ChannelGates, plan: ChannelPlan) -> list[torch.Tensor]:
     """Indicators (and ratios) of every mode set so that the masks are the plan's 0/1 masks."""
     targets = []
@@ -60,6 +79,7 @@ MODELS = {
     "resnet20": lambda: create_model("resnet20"),
     "mobilenetv2": lambda: create_model("mobilenetv2"),
     "two-users": TwoUsers,
+    "depthwise-residual": DepthwiseResidual,
 }
 
 
@@ -67,7 +87,7 @@ MODELS = {
 @pytest.mark.parametrize("name", list(MODELS))
 def test_hard_gates_equal_the_pruned_model_with_randomised_bn(name, mode):
     torch.manual_seed(0)
-    size = 16 if name == "two-users" else 32
+    size = 16 if name in ("two-users", "depthwise-residual") else 32
     model = randomize_norms(MODELS[name](), torch.zeros(2, 3, size, size))  # mean, var, gamma, beta all non-trivial
     graph = _graph(model, size)
     groups = [g for g in graph.groups if g.prunable]
