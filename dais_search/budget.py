@@ -80,6 +80,7 @@ class SearchSpec:
     temperature_start: float = 1.0
     temperature_end: float = 0.02
     temperature_schedule: str = "exponential"
+    warmup: float = 0.0  # fraction of the search held at temperature_start before the annealing starts
     rho: float = 1.0
     gate_every: int = 0  # weight steps per gate step; 0: len(train split) / len(held-out split)
     max_steps: int = 0  # weight steps per epoch; 0: the whole train split
@@ -245,6 +246,10 @@ def check_budget(budget: Budget) -> Budget:
         raise UserError(f"{where}: need 0 < search.temperature_end <= search.temperature_start")
     if search.epochs < 1:
         raise UserError(f"{where}: search.epochs must be at least 1")
+    if not 0 <= search.warmup < 1:
+        raise UserError(f"{where}: search.warmup = {search.warmup}; give a fraction of the search in [0, 1)")
+    if search.gate_every < 0 or search.max_steps < 0:
+        raise UserError(f"{where}: search.gate_every and search.max_steps must be >= 0 (0: automatic)")
     for key in ("weight_lr", "gate_lr", "rho"):
         if getattr(search, key) <= 0:
             raise UserError(f"{where}: search.{key} must be positive")

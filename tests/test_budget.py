@@ -54,6 +54,8 @@ BASE = {"version": 1, "model": {"name": "resnet20"}}
         ({"budget": {"input_size": [32, 32]}}, "budget.input_size"),
         ({"model": {}}, "model.name is required"),
         ({"data": {"batch_size": 0}}, "batch_size"),
+        ({"search": {"warmup": 1.0}}, "search.warmup = 1.0; give a fraction"),
+        ({"search": {"gate_every": -1}}, "gate_every and search.max_steps must be >= 0"),
         ({"data": {"augment": "no"}}, "data.augment = .no. should be a bool"),
     ],
 )

@@ -4,13 +4,15 @@ Weights take SGD steps on the train split; indicators and keep ratios take Adam 
 held-out split (first order, DARTS style), ``gate_every`` weight steps per gate step, one
 iterator per split per epoch. The gate loss is the held-out task loss plus an augmented
 Lagrangian on the relative FLOPs error ``r = F(w) / F_target - 1`` of the soft widths ``w``
-(differentiable :class:`~dais_search.channels.FlopsModel`)::
+(differentiable :class:`~dais_search.channels.FlopsModel`); the held-out iterator restarts when
+``gate_every`` asks for more gate steps than it has batches::
 
     L_gate = CE + lambda * r + rho / 2 * r^2,      lambda <- lambda + rho * r   (after each gate step)
 
 so the soft network converges onto the budget instead of being pushed by a fixed penalty
-weight (an optional parameter budget adds a second, one-sided term). The temperature anneals
-from ``temperature_start`` to ``temperature_end`` over the search.
+weight (an optional parameter budget adds a second, one-sided term). The temperature stays at
+``temperature_start`` for the first ``warmup`` fraction of the search (indicators and keep ratios
+learn while the masks are still soft), then anneals to ``temperature_end`` over the rest.
 
 At the end each group keeps its top channels by indicator (as many as ``alpha > 0`` in ``dais``
 mode, the rounded expected width otherwise); then the *hard* network is repaired onto
@@ -107,7 +109,8 @@ class Searcher:
 
     def set_progress(self, progress: float) -> float:
         spec = self.budget.search
-        t = temperature_at(progress, spec.temperature_start, spec.temperature_end, spec.temperature_schedule)
+        annealed = max(0.0, progress - spec.warmup) / (1.0 - spec.warmup)
+        t = temperature_at(annealed, spec.temperature_start, spec.temperature_end, spec.temperature_schedule)
         self.gates.temperature.fill_(t)
         return t
 
@@ -201,6 +204,9 @@ class Searcher:
             totals["seen"] += s.seen
             if (i + 1) % gate_every == 0:
                 batch = next(val_iter, None)
+                if batch is None:  # more gate steps than held-out batches: another pass
+                    val_iter = iter(val_loader)
+                    batch = next(val_iter, None)
                 if batch is not None:
                     g = self.gate_step(*batch)
                     totals["val_loss"] += g["val_loss"] * g["val_seen"]

@@ -108,3 +108,29 @@ def test_binarize_keeps_the_top_indicators_and_meets_the_budget():
         dropped = sorted(set(range(group.size)) - set(kept))
         if dropped:  # every kept channel's indicator is above every dropped one's
             assert alpha[kept].min() > alpha[dropped].max(), group.name
+
+
+def test_warmup_holds_the_start_temperature_then_anneals_over_the_rest():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x = torch.zeros(1, 3, 32, 32)
+        searcher = Searcher(create_model("resnet8"), _budget(warmup=0.25, temperature_end=0.01), x, 4)
+        plain = Searcher(create_model("resnet8"), _budget(temperature_end=0.01), x, 4)
+    assert searcher.set_progress(0.0) == pytest.approx(1.0)
+    assert searcher.set_progress(0.25) == pytest.approx(1.0)
+    assert searcher.set_progress(1.0) == pytest.approx(0.01)
+    # Three quarters of the search anneal what the plain schedule anneals over all of it.
+    assert searcher.set_progress(0.625) == pytest.approx(plain.set_progress(0.5))
+    assert float(searcher.gates.temperature) == pytest.approx(0.1)
+    assert plain.set_progress(0.25) < 1.0
+
+
+def test_gate_every_below_the_split_ratio_passes_over_the_held_out_split_again():
+    model = create_model("resnet8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        searcher = Searcher(model, _budget(), torch.zeros(1, 3, 32, 32), steps_per_epoch=6)
+    train = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(6)]
+    held_out = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(2)]
+    stats = searcher.run_epoch(0, train, held_out, gate_every=1, progress=False)
+    assert stats["gate_steps"] == 6  # 2 held-out batches, 3 passes
