@@ -10,7 +10,8 @@ settings) for ``--epochs``, and compares with, all at the same total weight epoc
   the weight training of the search.
 
 Every row starts from the same teacher, sees the same data and the same fine-tune recipe, and
-ends at ``--epochs + search.epochs`` weight epochs, except one marked "equal fine-tune": uniform
+ends at ``--epochs + search.epochs`` weight epochs (a variant with ``search.train_weights=false``
+spends none in its search and is fine-tuned for all of them), except one marked "equal fine-tune": uniform
 L1 fine-tuned for ``--epochs`` only (BENCH.md's second comparison, fewer total epochs). Each
 stage is skipped when its output exists, so the script resumes.
 
@@ -76,9 +77,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     base_sets = [f for s in args.set for f in ("--set", s)]
     budget = load_budget(args.budget, dict(parse_override(s) for s in args.set))
-    for _, sets in args.variant:  # every variant's budget validates before the first search starts
-        load_budget(args.budget, dict(parse_override(s) for s in [*args.set, *sets]))
-    extra = budget.search.epochs
+    weight_epochs = {"default": _weight_epochs(budget)}
+    for name, sets in args.variant:  # every variant's budget validates before the first search starts
+        overrides = dict(parse_override(s) for s in [*args.set, *sets])
+        weight_epochs[name] = _weight_epochs(load_budget(args.budget, overrides))
+    extra = weight_epochs["default"]
     out = Path(args.out)
     ft_args = ["--checkpoint", budget.model.checkpoint, "--data", budget.data.dataset, "--seed", str(args.seed),
                "--overparam", str(budget.finetune.overparam), "--kd", budget.finetune.kd, "--no-progress"]  # fmt: skip
@@ -96,8 +99,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             run(["search", args.budget, "--out", str(search), "--no-progress", *base_sets,
                  *[f for s in sets for f in ("--set", s)], *resume])  # fmt: skip
         found = json.loads((search / "metrics.json").read_text())
-        m = finetune(search / "plan.json", args.epochs, out / name / "finetune")
-        rows.append(_row(f"searched: {name}", sets, found["pruned_test_top1"], args.epochs, args.epochs + extra, m,
+        epochs = args.epochs + extra - weight_epochs[name]  # a search without weight training: more fine-tune
+        m = finetune(search / "plan.json", epochs, out / name / "finetune")
+        rows.append(_row(f"searched: {name}", sets, found["pruned_test_top1"], epochs, args.epochs + extra, m,
                          found["dense_flops"], found))  # fmt: skip
         if name == "default":
             default = found
@@ -130,6 +134,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                "versions": library_versions(),
                                                "command": shlex.join(["python", *sys.argv])}, indent=1))  # fmt: skip
     return rows
+
+
+def _weight_epochs(budget) -> int:
+    """Weight epochs the search spends (BENCH.md's equal-total-epochs rule counts them)."""
+    return budget.search.epochs if budget.search.train_weights else 0
 
 
 def _row(method, settings, before, epochs, total, m, dense_flops, found=None) -> dict:

@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         resume = ["--resume"] if (search / "state.pt").is_file() else []
         run(["search", args.budget, "--out", str(search), "--no-progress", *resume])
     found = json.loads((search / "metrics.json").read_text())
-    extra = budget.search.epochs  # the search's weight epochs: the uniform plan's extra fine-tune
+    # The search's weight epochs (none with search.train_weights = false): the uniform plan's extra fine-tune.
+    extra = budget.search.epochs if budget.search.train_weights else 0
     runs = [("searched (dais+dsa)", search / "plan.json", args.epochs, "searched"),
             ("uniform L1, equal total epochs", search / "uniform_l1" / "plan.json", args.epochs + extra,
              "uniform_total")]  # fmt: skip

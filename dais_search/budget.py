@@ -72,6 +72,7 @@ class BudgetSpec:
 class SearchSpec:
     mode: str = "dais+dsa"
     epochs: int = 2
+    train_weights: bool = True  # false: the weights stay the teacher's; only gates learn (no weight epochs)
     weight_lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4

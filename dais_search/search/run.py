@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -112,9 +113,13 @@ def search(
         model.load_state_dict(state["model"])
         searcher.load_state_dict(state["searcher"])
         start_epoch, history = state["epoch"], state["history"]
-        for loader in (train_loader, held_out_loader):
+        # Our BatchLoader counts passes: put it where an uninterrupted run would be, so that it
+        # shuffles the same (the held-out split is passed over again when gate_every asks for
+        # more gate steps than it has batches).
+        held_passes = max(1, math.ceil((steps // gate_every) / max(1, len(held_out_loader))))
+        for loader, passes in ((train_loader, 1), (held_out_loader, held_passes)):
             if hasattr(loader, "epoch"):
-                loader.epoch = start_epoch  # our BatchLoader: the same shuffles as an uninterrupted run
+                loader.epoch = start_epoch * passes
 
     writer = MetricWriter(log_dir) if log_dir is not None else None
     on_gate_step = _gate_step_logger(writer) if writer is not None else None
@@ -146,6 +151,7 @@ def search(
         writer.close()
     metrics = {
         "mode": spec.mode,
+        "weight_epochs": spec.epochs if spec.train_weights else 0,  # what BENCH.md's equal-total-epochs rule counts
         "dense_flops": plan.dense_flops,
         "target_flops": searcher.flops_target,
         "flops": plan.flops,
@@ -184,8 +190,10 @@ def _gate_step_logger(writer: MetricWriter) -> Callable[[Searcher, dict[str, flo
 
 def _log_epoch(writer: MetricWriter, searcher: Searcher, stats: dict[str, Any], masks: list[torch.Tensor]) -> None:
     step = searcher.step
-    writer.scalars(step, {"search/task_loss": stats["train_loss"], "search/train_top1": stats["train_top1"],
-                          "search/val_top1": stats["val_top1"]})  # fmt: skip
+    scalars = {"search/val_top1": stats["val_top1"]}
+    if "train_loss" in stats:  # absent when the weights stay the teacher's (search.train_weights = false)
+        scalars |= {"search/task_loss": stats["train_loss"], "search/train_top1": stats["train_top1"]}
+    writer.scalars(step, scalars)
     for g, m in zip(searcher.groups, masks, strict=True):
         writer.scalars(step, {f"keep/{g.name}": float(m.sum()) / g.size})
         writer.histogram(f"mask/{g.name}", m, step)

@@ -2,7 +2,9 @@
 
 Weights take SGD steps on the train split; indicators and keep ratios take Adam steps on the
 held-out split (first order, DARTS style), ``gate_every`` weight steps per gate step, one
-iterator per split per epoch. The gate loss is the held-out task loss plus an augmented
+iterator per split per epoch. With ``search.train_weights = false`` the weights stay the
+teacher's and the train split only paces the schedule: the search then costs gate steps but no
+weight epochs. The gate loss is the held-out task loss plus an augmented
 Lagrangian on the relative FLOPs error ``r = F(w) / F_target - 1`` of the soft widths ``w``
 (differentiable :class:`~dais_search.channels.FlopsModel`); the held-out iterator restarts when
 ``gate_every`` asks for more gate steps than it has batches::
@@ -198,10 +200,13 @@ class Searcher:
             if i >= steps:
                 break
             t = self.set_progress((epoch * steps + i) / max(1, spec.epochs * steps - 1))
-            s = self.weight_step(x, y)
-            totals["loss"] += s.loss * s.seen
-            totals["correct"] += s.correct
-            totals["seen"] += s.seen
+            if spec.train_weights:
+                s = self.weight_step(x, y)
+                totals["loss"] += s.loss * s.seen
+                totals["correct"] += s.correct
+                totals["seen"] += s.seen
+            else:  # the weights stay the teacher's: the train split only paces the schedule
+                self.step += 1
             if (i + 1) % gate_every == 0:
                 batch = next(val_iter, None)
                 if batch is None:  # more gate steps than held-out batches: another pass
@@ -219,14 +224,13 @@ class Searcher:
             if progress and i % 20 == 0:
                 with torch.no_grad():
                     ratio = float(self.flops_model.flops(self.gates.expected_width())) / self.flops_target
-                bar.set_postfix(loss=f"{s.loss:.3f}", T=f"{t:.3g}", flops=f"{ratio:.3f}", lam=f"{self.lam:.2f}")
+                bar.set_postfix(T=f"{t:.3g}", flops=f"{ratio:.3f}", lam=f"{self.lam:.2f}")
         bar.close()
         seen, vseen = max(totals["seen"], 1), max(totals["val_seen"], 1)
-        return {
-            "epoch": epoch + 1,
-            "seconds": time.perf_counter() - start,
-            "train_loss": totals["loss"] / seen,
-            "train_top1": 100.0 * totals["correct"] / seen,
+        stats = {"epoch": epoch + 1, "seconds": time.perf_counter() - start}
+        if spec.train_weights:
+            stats |= {"train_loss": totals["loss"] / seen, "train_top1": 100.0 * totals["correct"] / seen}
+        return stats | {
             "val_loss": totals["val_loss"] / vseen,
             "val_top1": 100.0 * totals["val_correct"] / vseen,
             "gate_steps": totals["gate_steps"],

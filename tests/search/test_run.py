@@ -53,7 +53,7 @@ def _budget_file(path: Path, data: Path, checkpoint: Path) -> Path:
     path.write_text(
         "\n".join([
             "version = 1", "[model]", 'name = "resnet8"', f'checkpoint = "{checkpoint}"',
-            "[data]", f'dataset = "npz:{data}"', "held_out = 48", "batch_size = 16", "augment = false",
+            "[data]", f'dataset = "npz:{data}"', "held_out = 64", "batch_size = 16", "augment = false",
             "[budget]", 'flops = "50%"',
             "[search]", "epochs = 1", "max_steps = 8", "gate_every = 2", "recalibrate_batches = 2", "gate_lr = 0.1",
         ]) + "\n"
@@ -131,3 +131,56 @@ def test_search_takes_a_budget_built_in_python_and_checks_it():
         result = ds.search(model, budget, batches, batches[:2], torch.zeros(1, 3, 32, 32), progress=False)
     assert 0.99 <= result.metrics["flops_over_target"] <= 1.0
     assert result.metrics["target_flops"] == pytest.approx(0.6 * result.plan.dense_flops)
+
+
+class _StopsOnPass:
+    """A loader that raises at the start of its ``stop``-th pass (an interrupted run)."""
+
+    def __init__(self, loader, stop: int) -> None:
+        self.loader, self.stop, self.passes = loader, stop, 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        self.passes += 1
+        if self.passes == self.stop:
+            raise KeyboardInterrupt
+        return iter(self.loader)
+
+    @property
+    def epoch(self):
+        return self.loader.epoch
+
+    @epoch.setter
+    def epoch(self, value):
+        self.loader.epoch = value
+
+
+def test_a_resumed_search_is_the_uninterrupted_one_when_the_held_out_split_is_passed_over_again(tmp_path):
+    """gate_every = 1 with 6 train and 2 held-out batches: 3 held-out passes per epoch. The resumed
+    run must put our loaders' pass counters where the uninterrupted run had them."""
+    data = ds.load_dataset("shapes:128")
+    budget = ds.Budget(search=ds.SearchSpec(epochs=2, gate_every=1, max_steps=6, recalibrate_batches=1))
+
+    def loaders():
+        train = ds.make_loader(data.train.subset(range(96)), 16, True, workers=0)
+        held = ds.make_loader(data.train.subset(range(96, 128)), 16, True, seed=1, workers=0)
+        return train, held
+
+    def run(train, held, **kw):
+        torch.manual_seed(0)
+        model = ds.create_model("resnet8")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ds.search(model, budget, train, held, torch.zeros(1, 3, 32, 32), progress=False, **kw)
+
+    whole = run(*loaders())
+    state = tmp_path / "state.pt"
+    train, held = loaders()
+    with pytest.raises(KeyboardInterrupt):
+        run(_StopsOnPass(train, stop=2), held, state_path=state)  # dies as epoch 2 starts
+    resumed = run(*loaders(), state_path=state, resume=True)
+    assert resumed.plan.kept == whole.plan.kept
+    assert [h["val_loss"] for h in resumed.metrics["history"]] == [h["val_loss"] for h in whole.metrics["history"]]
+    assert [h["gate_steps"] for h in whole.metrics["history"]] == [6, 6]

@@ -134,3 +134,17 @@ def test_gate_every_below_the_split_ratio_passes_over_the_held_out_split_again()
     held_out = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(2)]
     stats = searcher.run_epoch(0, train, held_out, gate_every=1, progress=False)
     assert stats["gate_steps"] == 6  # 2 held-out batches, 3 passes
+
+
+def test_a_search_without_weight_training_moves_only_the_gates():
+    model = create_model("resnet8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        searcher = Searcher(model, _budget(train_weights=False), torch.zeros(1, 3, 32, 32), steps_per_epoch=4)
+    weights = [p.detach().clone() for p in model.parameters()]
+    gates = [p.detach().clone() for p in searcher.gate_params]
+    batches = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(4)]
+    stats = searcher.run_epoch(0, batches, batches[:2], gate_every=1, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(gates, searcher.gate_params, strict=True))
+    assert stats["gate_steps"] == 4 and "train_loss" not in stats and searcher.step == 4
