@@ -3,7 +3,9 @@ fine-tuned the same way (LOP r=4 + SP-KD, BENCH.md schedule), at equal total tra
 
 The search trains the weights for ``search.epochs`` epochs over the 45k split; the uniform plan,
 cut from the dense teacher, gets those epochs as extra fine-tune epochs (BENCH.md "equal total
-epochs": the cosine schedule stretched over the longer run). With ``--equal-finetune`` the
+epochs": the cosine schedule stretched over the longer run). A search that keeps the teacher's
+weights (``--set search.train_weights=false``) spends none, and its plan is fine-tuned for all of
+them too. With ``--equal-finetune`` the
 uniform plan is also fine-tuned for the searched plan's epochs alone (BENCH.md's other row).
 Each stage is skipped when its output exists, so the script resumes.
 
@@ -19,7 +21,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from dais_search.budget import load_budget
+from dais_search.budget import load_budget, parse_override
 from dais_search.cli import main as cli_main
 from dais_search.report import format_table, library_versions
 
@@ -37,19 +39,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--epochs", type=int, default=5, help="fine-tune epochs of the searched plan (default: 5)")
     p.add_argument("--seed", type=int, default=0, help="fine-tune seed (default: 0)")
     p.add_argument("--equal-finetune", action="store_true", help="also fine-tune uniform for --epochs alone")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="budget override of the search, e.g. search.train_weights=false (repeatable)")  # fmt: skip
     p.add_argument("--json", help="write the rows to this JSON file")
     args = p.parse_args(argv)
 
-    budget = load_budget(args.budget)
+    budget = load_budget(args.budget, dict(parse_override(s) for s in args.set))
+    sets = [f for s in args.set for f in ("--set", s)]
     out, search = Path(args.out), Path(args.out) / "search"
     if not (search / "metrics.json").is_file():
         resume = ["--resume"] if (search / "state.pt").is_file() else []
-        run(["search", args.budget, "--out", str(search), "--no-progress", *resume])
+        run(["search", args.budget, "--out", str(search), "--no-progress", *sets, *resume])
     found = json.loads((search / "metrics.json").read_text())
-    # The search's weight epochs (none with search.train_weights = false): the uniform plan's extra fine-tune.
+    # Equal total weight epochs: --epochs plus the epochs of a search that trains the weights. The
+    # searched plan is fine-tuned for what its own search did not spend (all of them with
+    # search.train_weights = false), the uniform plan for all of them.
     extra = budget.search.epochs if budget.search.train_weights else 0
-    runs = [("searched (dais+dsa)", search / "plan.json", args.epochs, "searched"),
-            ("uniform L1, equal total epochs", search / "uniform_l1" / "plan.json", args.epochs + extra,
+    total = args.epochs + budget.search.epochs
+    name = f"searched ({budget.search.mode}{'' if budget.search.train_weights else ', teacher weights frozen'})"
+    runs = [(name, search / "plan.json", total - extra, "searched"),
+            ("uniform L1, equal total epochs", search / "uniform_l1" / "plan.json", total,
              "uniform_total")]  # fmt: skip
     if args.equal_finetune:
         runs.append(("uniform L1, equal fine-tune", search / "uniform_l1" / "plan.json", args.epochs, "uniform_ft"))
@@ -66,6 +75,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append({
             "method": name, "plan": str(plan), "finetune_epochs": epochs,
             "total_weight_epochs": epochs + (extra if folder == "searched" else 0),
+            "search_overrides": args.set if folder == "searched" else [],
             "flops": m["flops"], "flops_ratio": plan_data["pruned"]["flops_ratio"], "params": m["params"],
             "test_top1_before_finetune": before, "test_top1": m["test_top1"],
             "test_top1_per_epoch": [h["test_top1_folded"] for h in m["history"]],
