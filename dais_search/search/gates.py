@@ -16,13 +16,16 @@ at 0/1 masks the gated model is the pruned model.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ..channels import ChannelGraph, ChannelGroup
 from .allocation import allocate, solve_threshold
 
-__all__ = ["ChannelGates", "GatedModel", "attach_gates"]
+__all__ = ["ChannelGates", "GatedModel", "ReadingSite", "attach_gates", "reading_sites"]
 
 
 class ChannelGates(nn.Module):
@@ -149,21 +152,13 @@ class GatedModel(nn.Module):
             offset[gid], start = start, start + size
         self._handles = []
         self.readers: list[str] = []
-        for (path, role), atoms in graph.sites.items():
-            if role != "in" or _carries_group(graph, model, path):
-                continue
-            index = []
-            for atom in atoms:
-                gc = graph.atom_class.get(atom)
-                index.append(offset[gc[0]] + gc[1] if gc is not None and gc[0] in offset else 0)
-            if not any(index):
-                continue
-            module = model.get_submodule(path)
+        for site in reading_sites(model, graph, gates.group_ids):
+            index = [offset[gc[0]] + gc[1] if gc is not None else 0 for gc in site.channels]
             name = f"_index_{len(self.readers)}"
             self.register_buffer(name, torch.tensor(index, device=gates.temperature.device), persistent=False)
-            dim = -1 if isinstance(module, nn.Linear) else 1
-            self._handles.append(module.register_forward_pre_hook(self._masker(name, dim)))
-            self.readers.append(path)
+            module = model.get_submodule(site.path)
+            self._handles.append(module.register_forward_pre_hook(self._masker(name, site.dim)))
+            self.readers.append(site.path)
 
     def _masker(self, index_name: str, dim: int):
         def mask_input(module: nn.Module, inputs: tuple) -> tuple | None:
@@ -189,6 +184,46 @@ class GatedModel(nn.Module):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+@dataclass(frozen=True)
+class ReadingSite:
+    """A layer that reads channels of prunable groups: where a group's channels are masked (and
+    where data-driven importance criteria observe them).
+
+    Attributes:
+        path: the layer's module path.
+        dim: its input's channel axis (1 for convolutions, -1 for linear layers).
+        channels: per input channel, ``(group id, channel of the group)`` or ``None`` (not of a
+            searched group).
+    """
+
+    path: str
+    dim: int
+    channels: tuple[tuple[int, int] | None, ...]
+
+
+def reading_sites(model: nn.Module, graph: ChannelGraph, group_ids: Iterable[int]) -> list[ReadingSite]:
+    """The layers whose inputs carry channels of the groups ``group_ids``, in graph order.
+
+    Each path from a producer to a reader passes exactly one of them: after everything the cut
+    removes with the channel (its BN, activation, pooling, the other operands of a residual sum),
+    before the one op that would read it. Depthwise (block-tied) convs that pass a group on are
+    not readers (:func:`_carries_group`).
+    """
+    wanted = set(group_ids)
+    sites = []
+    for (path, role), atoms in graph.sites.items():
+        if role != "in" or _carries_group(graph, model, path):
+            continue
+        channels = []
+        for atom in atoms:
+            gc = graph.atom_class.get(atom)
+            channels.append((gc[0], gc[1]) if gc is not None and gc[0] in wanted else None)
+        if any(c is not None for c in channels):
+            dim = -1 if isinstance(model.get_submodule(path), nn.Linear) else 1
+            sites.append(ReadingSite(path, dim, tuple(channels)))
+    return sites
 
 
 def _carries_group(graph: ChannelGraph, model: nn.Module, path: str) -> bool:
