@@ -19,7 +19,7 @@ Example:
 """
 
 from ._version import __version__
-from .budget import Budget, BudgetSpec, DataSpec, FinetuneSpec, ModelSpec, SearchSpec, load_budget
+from .budget import BaselineSpec, Budget, BudgetSpec, DataSpec, FinetuneSpec, ModelSpec, SearchSpec, load_budget
 from .channels import ChannelGroup, ChannelPlan, FlopsModel, find_channel_groups
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .cost import count_flops, count_params, flops_breakdown
@@ -27,10 +27,11 @@ from .data import BatchLoader, load_dataset, make_loader, split_indices, train_v
 from .errors import UserError
 from .finetune import DistillTask, FinetuneConfig, FinetuneResult, expand, export, finetune, fold
 from .models import create_model, list_models, register_model
-from .search import Searcher, SearchResult, search
+from .search import Searcher, SearchResult, baseline_plan, register_importance, search
 from .train import cosine_schedule, evaluate, make_sgd, train_one_epoch
 
 __all__ = [
+    "BaselineSpec",
     "BatchLoader",
     "Budget",
     "BudgetSpec",
@@ -48,6 +49,7 @@ __all__ = [
     "Searcher",
     "UserError",
     "__version__",
+    "baseline_plan",
     "cosine_schedule",
     "count_flops",
     "count_params",
@@ -66,6 +68,7 @@ __all__ = [
     "make_loader",
     "make_sgd",
     "model_from_checkpoint",
+    "register_importance",
     "register_model",
     "save_checkpoint",
     "search",

@@ -23,6 +23,7 @@ from .errors import UserError
 
 __all__ = [
     "Budget",
+    "BaselineSpec",
     "BudgetSpec",
     "DataSpec",
     "FinetuneSpec",
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 VERSION = 1
-SECTIONS = ("model", "data", "budget", "search", "finetune")
+SECTIONS = ("model", "data", "budget", "search", "baseline", "finetune")
 MODES = ("dais", "dsa", "dais+dsa")
 KD_MODES = ("sp", "logit", "sp+logit", "none")
 
@@ -90,6 +91,13 @@ class SearchSpec:
 
 
 @dataclass(frozen=True)
+class BaselineSpec:
+    candidates: int = 50  # EagleEye: random keep-ratio vectors to evaluate
+    score_batches: int = 20  # held-out batches that data criteria (taylor, apoz, entropy) score on
+    eval_batches: int = 0  # held-out batches that score each EagleEye candidate; 0: the whole split
+
+
+@dataclass(frozen=True)
 class FinetuneSpec:
     epochs: int = 5
     lr: float = 0.01
@@ -110,6 +118,7 @@ class Budget:
     data: DataSpec = field(default_factory=DataSpec)
     budget: BudgetSpec = field(default_factory=BudgetSpec)
     search: SearchSpec = field(default_factory=SearchSpec)
+    baseline: BaselineSpec = field(default_factory=BaselineSpec)
     finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
     source: str = ""
 
@@ -212,9 +221,10 @@ def parse_budget(raw: dict[str, Any], where: str = "budget") -> Budget:
     budget = _section(BudgetSpec, raw.get("budget", {}), "budget", where)
     search = _section(SearchSpec, raw.get("search", {}), "search", where)
     finetune = _section(FinetuneSpec, raw.get("finetune", {}), "finetune", where)
+    baseline = _section(BaselineSpec, raw.get("baseline", {}), "baseline", where)
     if not model.name:
         raise UserError(f'{where}: model.name is required (a registry name such as "resnet56" or "tv:resnet50")')
-    return check_budget(Budget(model, data, budget, search, finetune, where))
+    return check_budget(Budget(model, data, budget, search, baseline, finetune, where))
 
 
 def check_budget(budget: Budget) -> Budget:
@@ -258,6 +268,10 @@ def check_budget(budget: Budget) -> Budget:
         raise UserError(f"{where}: data.batch_size and data.held_out must be at least 1")
     if spec.min_keep < 1:
         raise UserError(f"{where}: budget.min_keep must be at least 1")
+    base = budget.baseline
+    if base.candidates < 1 or base.score_batches < 1 or base.eval_batches < 0:
+        raise UserError(f"{where}: need baseline.candidates >= 1, baseline.score_batches >= 1 and "
+                        "baseline.eval_batches >= 0 (0: the whole held-out split)")  # fmt: skip
     return dataclasses.replace(budget, budget=spec)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import os
 import sys
@@ -33,6 +34,7 @@ from .pipeline import (
     TrainJob,
     finetune_plan,
     resolve_device,
+    run_baseline,
     run_eval,
     run_pipeline,
     run_search,
@@ -40,6 +42,7 @@ from .pipeline import (
     student_of,
 )
 from .report import format_table, human
+from .search import list_methods
 
 __all__ = ["main"]
 
@@ -244,7 +247,7 @@ def search_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def _budget_job(args: argparse.Namespace, job) -> int:
-    """Loads the budget with the command line's overrides and runs ``job`` (search or the main job)."""
+    """Loads the budget with the command line's overrides and runs ``job`` (search, baseline or the main job)."""
     overrides = dict(parse_override(text) for text in args.set)
     if args.epochs is not None:
         overrides["search.epochs"] = args.epochs
@@ -274,11 +277,41 @@ def run_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "export, resumable per stage (--resume); prints dense vs pruned accuracy, FLOPs, params and CPU latency. "
         "Fine-tune settings come from the budget's [finetune] table (--set finetune.overparam=2 ...).",
     )
+    parser.add_argument("--method", default="dais", help="dais (the search; default) or a baseline method such as "
+                        "l1-uniform, fpgm-global or eagleeye (all of them: dais-search baseline --help)")  # fmt: skip
     return parser
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return _budget_job(args, run_pipeline)
+    return _budget_job(args, functools.partial(run_pipeline, method=args.method))
+
+
+# ----------------------------------------------------------------------------------------------
+# baseline
+
+
+def _method_help() -> str:
+    return ("how to choose the plan: <criterion>-uniform (one keep fraction for every group), <criterion>-global "
+            "(scores normalised per group, one threshold) or eagleeye (random ratios, adaptive-BN selection); "
+            f"one of: {', '.join(list_methods())}")  # fmt: skip
+
+
+def baseline_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = search_parser(add_help=False)
+    parser = argparse.ArgumentParser(
+        "dais-search baseline",
+        add_help=add_help,
+        parents=[p],
+        description="A plan without a search, under the same budget file: uniform or global allocation by an "
+        "importance criterion, or EagleEye. Writes what search writes (OUT/plan.json, pruned.pt, metrics.json) "
+        "for dais-search finetune; dais-search run --method takes it through fine-tune, fold and export.",
+    )
+    parser.add_argument("--method", required=True, help=_method_help())
+    return parser
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    return _budget_job(args, functools.partial(run_baseline, method=args.method))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -369,6 +402,7 @@ COMMANDS = {
     "eval": (eval_parser, cmd_eval),
     "train": (train_parser, cmd_train),
     "search": (search_parser, cmd_search),
+    "baseline": (baseline_parser, cmd_baseline),
     "finetune": (finetune_parser, cmd_finetune),
     "run": (run_parser, cmd_run),
 }

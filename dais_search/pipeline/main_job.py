@@ -20,6 +20,8 @@ from ..files import write_json
 from ..finetune import FinetuneConfig, distill_layers
 from ..models import create_model
 from ..report import format_table
+from ..search import parse_method
+from .baseline_stage import run_baseline
 from .common import check_budget_inputs, load_dense
 from .finetune_stage import finetune_plan, student_of
 from .search_stage import run_search
@@ -30,13 +32,20 @@ log = logging.getLogger("dais_search")
 
 
 def run_pipeline(budget: Budget, budget_path: str, out: str, resume: bool = False, device: str = "cpu",
-                 progress: bool = True, overrides: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+                 progress: bool = True, overrides: dict[str, Any] | None = None,
+                 method: str = "dais") -> dict[str, Any]:  # fmt: skip
     """The main job: search -> prune -> LOP + distillation fine-tune -> fold -> export.
+
+    ``method`` ``"dais"`` searches; a baseline method (``l1-uniform``, ``eagleeye``, ...: see
+    :func:`dais_search.search.list_methods`) makes the plan instead, through the same fine-tune,
+    fold and export.
 
     Resumable per stage with ``resume``: a finished search (``plan.json``) or fine-tune
     (``bundle/metrics.json``) is not run again, an interrupted search continues from its state.
     Writes ``OUT/summary.json`` and prints dense vs pruned accuracy, FLOPs, params and latency.
     """
+    if method != "dais":
+        parse_method(method)  # an unknown method fails now, not after loading data
     check_budget_inputs(budget)
     config = FinetuneConfig(**dataclasses.asdict(budget.finetune), seed=budget.search.seed)
     try:  # before the search, not after it
@@ -47,11 +56,13 @@ def run_pipeline(budget: Budget, budget_path: str, out: str, resume: bool = Fals
     if not resume and out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir} is not empty; pass --resume to continue its stages or choose another --out")
     if resume and (out_dir / "plan.json").is_file() and (out_dir / "metrics.json").is_file():
-        log.info("search: done already (%s)", out_dir / "plan.json")
+        log.info("%s: done already (%s)", "search" if method == "dais" else method, out_dir / "plan.json")
         search_metrics = json.loads((out_dir / "metrics.json").read_text())
-    else:
+    elif method == "dais":
         search_metrics = run_search(budget, budget_path, out, resume and (out_dir / "state.pt").is_file(), device,
                                     progress, overrides)  # fmt: skip
+    else:
+        search_metrics = run_baseline(budget, budget_path, out, False, device, progress, overrides, method=method)
 
     plan = ChannelPlan.load(out_dir / "plan.json")
     dspec = budget.data
@@ -77,6 +88,7 @@ def run_pipeline(budget: Budget, budget_path: str, out: str, resume: bool = Fals
         latency[batch] = {k: 1e3 * sorted(v)[len(v) // 2] for k, v in times.items()}
     summary = {
         "budget": str(budget_path),
+        "method": method,
         "dense": {"test_top1": search_metrics["dense_test_top1"], "flops": plan.dense_flops,
                   "params": plan.dense_params, "latency_ms": {b: v["dense"] for b, v in latency.items()}},
         "pruned": {"test_top1": ft_metrics["test_top1"], "flops": plan.flops, "params": plan.params,

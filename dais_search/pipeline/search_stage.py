@@ -11,9 +11,6 @@ Everything needed to reproduce a run is written next to its outputs::
 
 from __future__ import annotations
 
-import copy
-import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +18,12 @@ import torch
 
 from ..budget import Budget
 from ..checkpoint import save_checkpoint
-from ..data import load_dataset, make_loader, train_val_split
 from ..errors import UserError
 from ..files import write_json
-from ..report import format_table, library_versions
+from ..report import format_table
 from ..search import search, uniform_plan
-from ..train import evaluate, recalibrate_bn
-from .common import check_budget_inputs, load_dense
+from ..train import recalibrate_bn
+from .common import check_budget_inputs, load_budget_inputs, start_out_dir
 
 __all__ = ["run_search"]
 
@@ -42,58 +38,38 @@ def run_search(budget: Budget, budget_path: str, out: str, resume: bool = False,
         raise UserError(f"--resume: {out_dir} holds no search state (state.pt); start without --resume")
     if not resume and (state_path.is_file() or (out_dir / "plan.json").is_file()):
         raise UserError(f"{out_dir} already holds a search; pass --resume to continue it or choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        shutil.copyfile(budget_path, out_dir / "budget.toml")
-        write_json(out_dir / "config.json", {"budget": budget.to_dict(), "overrides": overrides or {},
-                                             "versions": library_versions(), "command": " ".join(sys.argv),
-                                             "device": device})  # fmt: skip
-
-    spec, dspec = budget.search, budget.data
-    torch.manual_seed(spec.seed)
-    splits = load_dataset(dspec.dataset, dspec.data_dir)
-    train, held = train_val_split(splits.train, dspec.held_out, dspec.split_seed)
-    num_classes = budget.model.num_classes or splits.num_classes
-    model = load_dense(budget.model.name, budget.model.checkpoint, num_classes).to(device)
-    dense = copy.deepcopy(model).eval()  # the teacher / the baseline's starting point
-    size = budget.budget.input_size or splits.input_size
-    shape, image = (1, *size), size[-1]
-    train_loader = make_loader(train, dspec.batch_size, True, dspec.normalize, spec.seed, dspec.workers, image, True,
-                               dspec.augment)  # fmt: skip
-    val_loader = make_loader(held, dspec.batch_size, True, dspec.normalize, spec.seed + 1, dspec.workers, image, True,
-                             dspec.augment)  # fmt: skip
-
-    result = search(model, budget, train_loader, val_loader, torch.zeros(shape, device=device),
+    start_out_dir(out_dir, budget, budget_path, resume, device, overrides)
+    torch.manual_seed(budget.search.seed)
+    inputs = load_budget_inputs(budget, device)
+    dense, shape, num_classes, accuracy = inputs.dense, inputs.shape, inputs.num_classes, inputs.accuracy
+    result = search(inputs.model, budget, inputs.train_loader, inputs.held_loader, torch.zeros(shape, device=device),
                     log_dir=out_dir / "tb", state_path=state_path, resume=resume, progress=progress)  # fmt: skip
     plan, pruned = result.plan, result.pruned
     plan.meta.update(model=budget.model.name, num_classes=num_classes, budget=str(budget_path))
     plan.save(out_dir / "plan.json")
-    save_checkpoint(out_dir / "pruned.pt", pruned, budget.model.name, num_classes, normalize=dspec.normalize,
+    save_checkpoint(out_dir / "pruned.pt", pruned, budget.model.name, num_classes, normalize=budget.data.normalize,
                     plan=plan.to_dict())  # fmt: skip
 
     # Reported beside the result: uniform L1 pruning of the dense model at the same FLOPs.
     baseline_plan = uniform_plan(dense, shape, plan.flops, budget.budget.ignore)
     baseline_plan.meta.update(model=budget.model.name, num_classes=num_classes, target_flops=plan.flops)
     baseline_plan.save(out_dir / "uniform_l1" / "plan.json")  # for comparisons: fine-tune it like ours
-    baseline = recalibrate_bn(baseline_plan.apply(dense), train_loader, spec.recalibrate_batches)
+    baseline = recalibrate_bn(baseline_plan.apply(dense), inputs.train_loader, budget.search.recalibrate_batches)
 
-    def accuracy(m, data) -> float:
-        loader = make_loader(data, 256, False, dspec.normalize, workers=dspec.workers, image_size=image)
-        return evaluate(m, loader, progress=False)["top1"]
-
+    held, test = inputs.held, inputs.splits.test
     found = dict(result.metrics)
     history = found.pop("history")
     metrics = {
         "budget": str(budget_path),
         **found,
         "pruned_held_out_top1": accuracy(pruned, held),
-        "pruned_test_top1": accuracy(pruned, splits.test),
+        "pruned_test_top1": accuracy(pruned, test),
         "uniform_l1": {
             "flops": baseline_plan.flops,
             "held_out_top1": accuracy(baseline, held),
-            "test_top1": accuracy(baseline, splits.test),
+            "test_top1": accuracy(baseline, test),
         },
-        "dense_test_top1": accuracy(dense, splits.test),
+        "dense_test_top1": accuracy(dense, test),
         "history": history,
     }
     write_json(out_dir / "metrics.json", metrics)
