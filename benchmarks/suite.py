@@ -1,0 +1,361 @@
+"""The benchmark suite (../shared/BENCH.md): every method under one budget, fine-tuned by one schedule,
+in two fairness rows, one JSON per method x budget x seed, then a Markdown table and a PNG.
+
+    python benchmarks/suite.py --suite quick                  # ResNet-20, keep 50%, every method, seed 0
+    python benchmarks/suite.py --suite standard               # ResNet-56, keep 50% and 30%, seed 0
+    python benchmarks/suite.py --suite standard --budgets keep30 --seeds 0,1,2 --methods ours,fpgm-uniform
+    python benchmarks/suite.py --suite quick --render         # the table and PNG from the JSONs alone
+
+Methods:
+  ours                  the search (budget file), LOP + SP-KD fine-tune (the budget's [finetune]), fold
+  ours-vanilla-ft       ablation: the searched widths, plain fine-tune (no over-parameterisation, no KD)
+  uniform-ours-ft       ablation: l1-uniform widths, our LOP + SP-KD fine-tune
+  <criterion>-uniform   one keep fraction, channels by the criterion (l1 l2 fpgm bn taylor apoz entropy random)
+  l1-global, eagleeye   global threshold on per-group-normalised L1; EagleEye (random ratios, adaptive BN)
+  tp-uniform, tp-global the Torch-Pruning peer (benchmarks/peers/tp_peer.py; `bench` extra)
+
+Baselines and peers get a plain fine-tune (a method's own extra losses are part of the method, BENCH.md);
+the schedule is the same for all. Two rows per run: **equal fine-tune** (the suite's epochs for everyone)
+and **equal total epochs** (a method whose plan stage trained no weights gets the search's weight epochs
+as extra fine-tune epochs). When the search trains no weights (search.train_weights = false) the rows
+coincide and run once.
+
+Every stage is skipped when its output exists, so an interrupted suite resumes where it stopped (a search
+from its last epoch). Runs go to --work (default runs/suite/<suite>), JSONs to --results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from dais_search.budget import load_budget, parse_override  # noqa: E402
+from dais_search.channels import ChannelPlan  # noqa: E402
+from dais_search.checkpoint import save_checkpoint  # noqa: E402
+from dais_search.cli import main as cli_main  # noqa: E402
+from dais_search.cost import interleaved_latency  # noqa: E402
+from dais_search.errors import UserError  # noqa: E402
+from dais_search.files import write_json  # noqa: E402
+from dais_search.pipeline.common import load_budget_inputs, load_dense  # noqa: E402
+from dais_search.report import format_table, library_versions  # noqa: E402
+from dais_search.search import list_methods  # noqa: E402
+from dais_search.train import recalibrate_bn, time_train_steps  # noqa: E402
+
+ABLATIONS = ("ours-vanilla-ft", "uniform-ours-ft")
+PEERS = ("tp-uniform", "tp-global")
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A benchmark configuration: budget files by label, fine-tune epochs, seeds and methods."""
+
+    name: str
+    budgets: dict[str, str]
+    finetune_epochs: int
+    seeds: tuple[int, ...] = (0,)
+    methods: tuple[str, ...] = ()
+    finetune_args: tuple[str, ...] = ()  # extra `dais-search finetune` options (tests: --max-steps)
+    latency_repeats: int = 20
+    search_sets: tuple[str, ...] = ()  # --set overrides of the search and baselines
+
+
+UNIFORM = tuple(f"{c}-uniform" for c in ("l1", "l2", "fpgm", "bn", "taylor", "apoz", "entropy", "random"))
+SUITES = {
+    "quick": Suite("quick", {"keep50": "budgets/resnet20_cifar10_keep50.toml"}, 3,
+                   methods=("ours", *ABLATIONS, *UNIFORM, "l1-global", "eagleeye", *PEERS)),
+    "standard": Suite("standard", {"keep50": "budgets/resnet56_cifar10_keep50.toml",
+                                   "keep30": "budgets/resnet56_cifar10_keep30.toml"}, 5,
+                      methods=("ours", *ABLATIONS, "l1-uniform", "fpgm-uniform", "l1-global", "eagleeye", *PEERS)),
+}  # fmt: skip
+
+
+def _cli(argv: list[str]) -> None:
+    print(f"== dais-search {shlex.join(argv)}", flush=True)
+    if cli_main(argv) != 0:
+        raise SystemExit(f"dais-search {argv[0]} failed")
+
+
+def known_methods() -> list[str]:
+    return ["ours", *ABLATIONS, *list_methods(), *PEERS]
+
+
+class Runner:
+    """Runs (or resumes) one suite: plan stages, fine-tunes and measurements, one JSON per run."""
+
+    def __init__(self, suite: Suite, work: Path, results: Path) -> None:
+        self.suite, self.work, self.results = suite, work, results
+        self.timings: dict[tuple[str, int], float] = {}
+
+    # -- plan stages -------------------------------------------------------------------------
+    def plan_dir(self, label: str, seed: int, method: str) -> Path:
+        """Where the plan of ``method`` lives; ablations share their parent's plan."""
+        source = {"ours-vanilla-ft": "ours", "uniform-ours-ft": "l1-uniform"}.get(method, method)
+        return self.work / label / f"seed{seed}" / "plans" / source
+
+    def make_plan(self, label: str, seed: int, method: str) -> dict:
+        """The plan stage's metrics (``search`` or ``baseline`` or the peer), run when missing."""
+        budget = self.suite.budgets[label]
+        folder = self.plan_dir(label, seed, method)
+        sets = [f for s in (*self.suite.search_sets, f"search.seed={seed}") for f in ("--set", s)]
+        if not (folder / "metrics.json").is_file():
+            if folder.name == "ours":
+                resume = ["--resume"] if (folder / "state.pt").is_file() else []
+                _cli(["search", budget, "--out", str(folder), "--no-progress", *sets, *resume])
+            elif folder.name in PEERS:
+                self._peer(label, seed, folder)
+            else:
+                _cli(["baseline", budget, "--method", folder.name, "--out", str(folder), "--no-progress", *sets])
+        return json.loads((folder / "metrics.json").read_text())
+
+    def _budget(self, label: str, seed: int):
+        overrides = dict(parse_override(s) for s in (*self.suite.search_sets, f"search.seed={seed}"))
+        return load_budget(self.suite.budgets[label], overrides)
+
+    def _peer(self, label: str, seed: int, folder: Path) -> None:
+        """Torch-Pruning's plan; then, like our stages, pruned.pt (BN recalibrated) and its accuracy."""
+        from peers import tp_peer
+
+        budget = self._budget(label, seed)
+        peer_dir = folder / "peer"
+        if not (peer_dir / "metrics.json").is_file():
+            mode = folder.name.split("-")[1]
+            tp_peer.main(["--checkpoint", budget.model.checkpoint, "--model", budget.model.name, "--flops",
+                          str(budget.budget.flops), "--mode", mode, "--out", str(peer_dir)])  # fmt: skip
+        peer = json.loads((peer_dir / "metrics.json").read_text())
+        plan = ChannelPlan.load(peer_dir / "plan.json")
+        inputs = load_budget_inputs(budget, "cpu")
+        started = time.perf_counter()
+        pruned = recalibrate_bn(plan.apply(inputs.dense), inputs.train_loader, budget.search.recalibrate_batches)
+        recal = time.perf_counter() - started
+        plan.meta["budget"] = self.suite.budgets[label]
+        plan.save(folder / "plan.json")
+        save_checkpoint(folder / "pruned.pt", pruned, budget.model.name, inputs.num_classes,
+                        normalize=budget.data.normalize, plan=plan.to_dict())  # fmt: skip
+        steps = len(inputs.train_loader)
+        dense_epoch = time_train_steps(copy.deepcopy(inputs.dense), inputs.train_loader, min(20, steps)) * steps
+        write_json(folder / "metrics.json", {
+            "method": folder.name, "flops": plan.flops, "flops_ratio": plan.flops_ratio,
+            "target_flops": peer["target_flops"], "flops_over_target": peer["flops_over_target"],
+            "params": plan.params, "weight_epochs": 0, "baseline_seconds": peer["seconds"] + recal,
+            "dense_epoch_seconds": dense_epoch, "pruned_test_top1": inputs.accuracy(pruned, inputs.splits.test),
+            "dense_test_top1": inputs.accuracy(inputs.dense, inputs.splits.test), "peer": peer,
+        })  # fmt: skip
+
+    # -- fine-tune -----------------------------------------------------------------------------
+    def finetune(self, label: str, seed: int, method: str, epochs: int) -> dict:
+        budget = self._budget(label, seed)
+        plan_dir = self.plan_dir(label, seed, method)
+        out = self.work / label / f"seed{seed}" / "finetune" / f"{method}_e{epochs}"
+        ours_ft = method in ("ours", "uniform-ours-ft")
+        ft = budget.finetune
+        recipe = (["--overparam", str(ft.overparam), "--kd", ft.kd, "--kd-layers", ft.kd_layers, "--sp-weight",
+                   str(ft.sp_weight)] if ours_ft else ["--overparam", "0", "--kd", "none"])  # fmt: skip
+        if not (out / "metrics.json").is_file():
+            _cli(["finetune", "--plan", str(plan_dir / "plan.json"), "--checkpoint", budget.model.checkpoint,
+                  "--data", budget.data.dataset, "--epochs", str(epochs), "--seed", str(seed), "--out", str(out),
+                  "--lr", str(ft.lr), "--batch-size", str(budget.data.batch_size), "--normalize",
+                  budget.data.normalize, "--no-progress", *recipe,
+                  *self.suite.finetune_args])  # fmt: skip
+        return json.loads((out / "metrics.json").read_text())
+
+    def latency(self, label: str, seed: int, method: str) -> dict:
+        """CPU ms of dense and pruned (batch 1 and the budget's batch), medians of interleaved runs."""
+        budget = self._budget(label, seed)
+        plan = ChannelPlan.load(self.plan_dir(label, seed, method) / "plan.json")
+        dense = load_dense(budget.model.name, budget.model.checkpoint, plan.meta.get("num_classes") or 10).eval()
+        pruned = plan.apply(dense).eval()
+        out = {}
+        with torch.no_grad():
+            for batch in (1, budget.data.batch_size):
+                x = torch.randn(batch, *plan.input_shape[1:])
+                times = interleaved_latency({"dense": dense, "pruned": pruned}, x, self.suite.latency_repeats, 5)
+                out[str(batch)] = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        return out
+
+    # -- one run -------------------------------------------------------------------------------
+    def run(self, label: str, seed: int, method: str) -> dict:
+        path = self.results / f"{method}_{label}_seed{seed}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        found = self.make_plan(label, seed, method)
+        search = self.make_plan(label, seed, "ours") if method != "ours" else found
+        search_weight_epochs = search.get("weight_epochs", 0)
+        own = found.get("weight_epochs", 0) if method in ("ours", "ours-vanilla-ft") else 0
+        epochs = self.suite.finetune_epochs
+        rows = {"equal_finetune": epochs, "equal_total": epochs + search_weight_epochs - own}
+        results = {}
+        for row, e in rows.items():
+            m = self.finetune(label, seed, method, e)
+            results[row] = {"finetune_epochs": e, "total_weight_epochs": e + own, "test_top1": m["test_top1"],
+                            "finetune_seconds": m["finetune_seconds"],
+                            "test_top1_per_epoch": [h["test_top1_folded"] for h in m["history"]]}  # fmt: skip
+        seconds = found.get("search_seconds", found.get("baseline_seconds"))
+        if method == "uniform-ours-ft":
+            seconds = found.get("baseline_seconds")
+        elif method == "ours-vanilla-ft":
+            seconds = search["search_seconds"]
+        budget = self._budget(label, seed)
+        plan = ChannelPlan.load(self.plan_dir(label, seed, method) / "plan.json")
+        record = {
+            "suite": self.suite.name, "method": method, "budget": label, "budget_file": self.suite.budgets[label],
+            "seed": seed, "teacher": budget.model.name, "checkpoint": budget.model.checkpoint,
+            "dense_test_top1": found["dense_test_top1"],
+            "target_flops_ratio": found["target_flops"] / plan.dense_flops, "flops": plan.flops,
+            "flops_ratio": plan.flops_ratio, "flops_over_target": plan.flops / found["target_flops"],
+            "params": plan.params, "dense_params": plan.dense_params,
+            "test_top1_before_finetune": found["pruned_test_top1"], "rows": results,
+            "search_seconds": seconds, "dense_epoch_seconds": found["dense_epoch_seconds"],
+            "search_cost_ratio": seconds / max(found["dense_epoch_seconds"], 1e-9),
+            "search_weight_epochs": own, "latency_ms": self.latency(label, seed, method),
+            "finetune": "LOP + SP-KD" if method in ("ours", "uniform-ours-ft") else "plain",
+            "versions": library_versions(), "command": shlex.join(["python", *sys.argv]),
+        }  # fmt: skip
+        if method in PEERS:
+            record["versions"]["torch_pruning"] = found["peer"]["torch_pruning"]
+        write_json(path, record)
+        return record
+
+
+# -- rendering -------------------------------------------------------------------------------------
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f} (n={len(values)})"
+
+
+def render(records: list[dict], out_md: Path, out_png: Path | None) -> str:
+    """A Markdown table per budget (methods by equal-total accuracy) and an accuracy-vs-FLOPs PNG."""
+    text = []
+    for label in sorted({r["budget"] for r in records}):
+        rows, by_method = [], {}
+        for r in records:
+            if r["budget"] == label:
+                by_method.setdefault(r["method"], []).append(r)
+        order = sorted(by_method, key=lambda m: -statistics.mean(x["rows"]["equal_total"]["test_top1"]
+                                                                  for x in by_method[m]))  # fmt: skip
+        first = next(iter(by_method.values()))[0]
+        for m in order:
+            rs = by_method[m]
+            lat = rs[0]["latency_ms"]
+            big = max(lat, key=int)
+            rows.append([m, rs[0]["finetune"], f"{statistics.mean(x['flops_ratio'] for x in rs):.4f}",
+                         f"{min(x['flops_over_target'] for x in rs):.4f}", f"{rs[0]['params']:,}",
+                         f"{statistics.mean(x['search_cost_ratio'] for x in rs):.2f}",
+                         _mean_std([x["test_top1_before_finetune"] for x in rs]),
+                         _mean_std([x["rows"]["equal_finetune"]["test_top1"] for x in rs]),
+                         _mean_std([x["rows"]["equal_total"]["test_top1"] for x in rs]),
+                         f"{rs[0]['rows']['equal_total']['total_weight_epochs']}",
+                         f"{lat[big]['pruned'] / lat[big]['dense']:.2f}"])  # fmt: skip
+        text.append(f"### {first['teacher']} keep {first['target_flops_ratio']:.0%} ({label}), dense "
+                    f"{first['dense_test_top1']:.2f}%")  # fmt: skip
+        text.append(format_table(rows, ["method", "fine-tune", "FLOPs ratio", "FLOPs / target (min)", "params",
+                                        "search cost (x dense epoch)", "top-1 % before ft",
+                                        "top-1 % equal fine-tune", "top-1 % equal total epochs", "total epochs",
+                                        f"CPU latency pruned/dense (batch {big})"]))  # fmt: skip
+    md = "\n\n".join(text) + "\n"
+    out_md.write_text(md)
+    if out_png is not None:
+        _plot(records, out_png)
+    return md
+
+
+def _plot(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = "osD^v<>pP*XhH8d"
+    methods = sorted({r["method"] for r in records})
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    for i, m in enumerate(methods):
+        by_budget: dict[str, list[dict]] = {}
+        for r in records:
+            if r["method"] == m:
+                by_budget.setdefault(r["budget"], []).append(r)
+        xs, ys, es = [], [], []
+        for rs in by_budget.values():
+            acc = [x["rows"]["equal_total"]["test_top1"] for x in rs]
+            xs.append(statistics.mean(x["flops_ratio"] for x in rs))
+            ys.append(statistics.mean(acc))
+            es.append(statistics.stdev(acc) if len(acc) > 1 else 0.0)
+        ax.errorbar(xs, ys, yerr=es, marker=markers[i % len(markers)], linestyle="none", capsize=3, label=m)
+    teacher = records[0]["teacher"]
+    ax.set_xlabel("FLOPs of the pruned network / dense FLOPs")
+    ax.set_ylabel("CIFAR-10 test top-1 (%), equal total epochs")
+    ax.set_title(f"{teacher}: accuracy vs FLOPs (mean +- std over seeds where there are several)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None, suites: dict[str, Suite] | None = None) -> list[dict]:
+    suites = suites or SUITES
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--suite", choices=sorted(suites), required=True, help="which configuration (BENCH.md)")
+    p.add_argument("--methods", help="comma-separated subset of the suite's methods (or any known method)")
+    p.add_argument("--budgets", help="comma-separated subset of the suite's budget labels, e.g. keep30")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the suite's)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="budget override of the plan stages, e.g. search.train_weights=false (repeatable)")
+    p.add_argument("--work", help="folder of the runs (default: runs/suite/<suite>)")
+    p.add_argument("--results", help="folder of the JSONs, table and PNG (default: benchmarks/results/suite/<suite>)")
+    p.add_argument("--render", action="store_true", help="only render the table and PNG from the JSONs")
+    args = p.parse_args(argv)
+    suite = suites[args.suite]
+    if args.set:
+        suite = dataclasses.replace(suite, search_sets=tuple(args.set))
+    results = Path(args.results or f"benchmarks/results/suite/{suite.name}")
+    work = Path(args.work or f"runs/suite/{suite.name}")
+    methods = args.methods.split(",") if args.methods else list(suite.methods)
+    unknown = [m for m in methods if m not in known_methods()]
+    labels = args.budgets.split(",") if args.budgets else list(suite.budgets)
+    bad = [b for b in labels if b not in suite.budgets]
+    if unknown:
+        raise SystemExit(f"error: unknown method {unknown[0]!r}; known: {', '.join(known_methods())}")
+    if bad:
+        raise SystemExit(f"error: unknown budget {bad[0]!r}; the {suite.name} suite has {', '.join(suite.budgets)}")
+    if any(m in PEERS for m in methods):
+        try:
+            import torch_pruning  # noqa: F401
+        except ImportError:
+            print("note: Torch-Pruning is not installed (pip install -e '.[bench]'); skipping "
+                  + ", ".join(m for m in methods if m in PEERS))  # fmt: skip
+            methods = [m for m in methods if m not in PEERS]
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(suite.seeds)
+    results.mkdir(parents=True, exist_ok=True)
+    if not args.render:
+        runner = Runner(suite, work, results)
+        for label in labels:
+            for seed in seeds:
+                for method in methods:
+                    try:
+                        runner.run(label, seed, method)
+                    except UserError as exc:
+                        raise SystemExit(f"error: {method} {label} seed {seed}: {exc}") from None
+    records = [json.loads(f.read_text()) for f in sorted(results.glob("*_seed*.json"))]
+    if not records:
+        raise SystemExit(f"error: no results in {results}; run the suite first")
+    md = render(records, results / "table.md", results / "accuracy_vs_flops.png")
+    print(md)
+    return records
+
+
+if __name__ == "__main__":
+    main()

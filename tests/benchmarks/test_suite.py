@@ -1,0 +1,85 @@
+"""The benchmark harness on a toy suite: every run's JSON carries BENCH.md's fields, the two
+fairness rows get the right epochs, an interrupted suite resumes without redoing work, and the
+table and the PNG are rendered from the JSONs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import suite as harness  # noqa: E402
+
+from dais_search import create_model, save_checkpoint  # noqa: E402
+
+FIELDS = {"method", "teacher", "dense_test_top1", "target_flops_ratio", "flops_ratio", "flops_over_target", "params",
+          "test_top1_before_finetune", "rows", "search_seconds", "dense_epoch_seconds", "search_cost_ratio",
+          "latency_ms", "versions", "command"}  # fmt: skip
+
+
+@pytest.fixture
+def toy_suite(tmp_path):
+    torch.manual_seed(0)
+    ckpt = tmp_path / "teacher.pt"
+    save_checkpoint(ckpt, create_model("resnet8"), "resnet8", 10)
+    budget = tmp_path / "b.toml"
+    budget.write_text(
+        f'version = 1\n[model]\nname = "resnet8"\ncheckpoint = "{ckpt}"\n[data]\ndataset = "shapes:200"\n'
+        'held_out = 40\nbatch_size = 16\n[budget]\nflops = "50%"\n[search]\nepochs = 1\nmax_steps = 4\n'
+        "gate_every = 2\nrecalibrate_batches = 2\n[baseline]\nscore_batches = 2\n[finetune]\noverparam = 2\n"
+    )
+    methods = ("ours", "ours-vanilla-ft", "uniform-ours-ft", "l1-uniform", "taylor-uniform")
+    return harness.Suite("toy", {"keep50": str(budget)}, 1, methods=methods, finetune_args=("--max-steps", "2"),
+                         latency_repeats=2)  # fmt: skip
+
+
+def _run(tmp_path, suite, *extra):
+    argv = ["--suite", "toy", "--work", str(tmp_path / "work"), "--results", str(tmp_path / "results"), *extra]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return harness.main(argv, {"toy": suite})
+
+
+def test_suite_runs_resumes_and_renders(tmp_path, toy_suite, capsys):
+    records = {r["method"]: r for r in _run(tmp_path, toy_suite)}
+    assert set(records) == set(toy_suite.methods)
+    for r in records.values():
+        assert FIELDS <= set(r), FIELDS - set(r)
+        assert 0.99 <= r["flops_over_target"] <= 1.0
+        assert set(r["latency_ms"]) == {"1", "16"} and r["latency_ms"]["1"]["dense"] > 0
+    # The search trained the weights for one epoch: a method that did not gets it as an extra fine-tune epoch.
+    ours, l1 = records["ours"]["rows"], records["l1-uniform"]["rows"]
+    assert ours["equal_finetune"]["finetune_epochs"] == ours["equal_total"]["finetune_epochs"] == 1
+    assert ours["equal_total"]["total_weight_epochs"] == 2
+    assert (l1["equal_finetune"]["finetune_epochs"], l1["equal_total"]["finetune_epochs"]) == (1, 2)
+    assert records["ours"]["finetune"] == "LOP + SP-KD" and records["l1-uniform"]["finetune"] == "plain"
+    assert records["uniform-ours-ft"]["finetune"] == "LOP + SP-KD"
+    assert records["uniform-ours-ft"]["flops"] == records["l1-uniform"]["flops"]  # the same plan
+    assert records["ours-vanilla-ft"]["flops"] == records["ours"]["flops"]
+    table = (tmp_path / "results" / "table.md").read_text()
+    assert all(f"| {m} " in table for m in toy_suite.methods) and "equal total epochs" in table
+    png = tmp_path / "results" / "accuracy_vs_flops.png"
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Resume: nothing is redone; a lost JSON is rebuilt from the finished stages, with the same numbers.
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "work").rglob("metrics.json")}
+    lost = tmp_path / "results" / "l1-uniform_keep50_seed0.json"
+    lost.unlink()
+    again = {r["method"]: r for r in _run(tmp_path, toy_suite)}
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "work").rglob("metrics.json")} == stamps
+    assert again["l1-uniform"]["rows"] == records["l1-uniform"]["rows"]
+    capsys.readouterr()
+    assert len(_run(tmp_path, toy_suite, "--render")) == len(toy_suite.methods)
+
+
+def test_suite_refuses_unknown_methods_and_budgets(tmp_path, toy_suite):
+    with pytest.raises(SystemExit, match="unknown method 'l9-uniform'"):
+        _run(tmp_path, toy_suite, "--methods", "ours,l9-uniform")
+    with pytest.raises(SystemExit, match="unknown budget 'keep10'"):
+        _run(tmp_path, toy_suite, "--budgets", "keep10")
+    assert not (tmp_path / "work").exists()
