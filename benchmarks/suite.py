@@ -8,6 +8,7 @@ in two fairness rows, one JSON per method x budget x seed, then a Markdown table
 
 Methods:
   ours                  the search (budget file), LOP + SP-KD fine-tune (the budget's [finetune]), fold
+  ours-frozen           the same with search.train_weights = false (the teacher's weights stay; gates only)
   ours-vanilla-ft       ablation: the searched widths, plain fine-tune (no over-parameterisation, no KD)
   uniform-ours-ft       ablation: l1-uniform widths, our LOP + SP-KD fine-tune
   <criterion>-uniform   one keep fraction, channels by the criterion (l1 l2 fpgm bn taylor apoz entropy random)
@@ -53,6 +54,7 @@ from dais_search.report import format_table, library_versions  # noqa: E402
 from dais_search.search import list_methods  # noqa: E402
 from dais_search.train import recalibrate_bn, time_train_steps  # noqa: E402
 
+SEARCHES = ("ours", "ours-frozen")
 ABLATIONS = ("ours-vanilla-ft", "uniform-ours-ft")
 PEERS = ("tp-uniform", "tp-global")
 
@@ -74,10 +76,11 @@ class Suite:
 UNIFORM = tuple(f"{c}-uniform" for c in ("l1", "l2", "fpgm", "bn", "taylor", "apoz", "entropy", "random"))
 SUITES = {
     "quick": Suite("quick", {"keep50": "budgets/resnet20_cifar10_keep50.toml"}, 3,
-                   methods=("ours", *ABLATIONS, *UNIFORM, "l1-global", "eagleeye", *PEERS)),
+                   methods=(*SEARCHES, *ABLATIONS, *UNIFORM, "l1-global", "eagleeye", *PEERS)),
     "standard": Suite("standard", {"keep50": "budgets/resnet56_cifar10_keep50.toml",
                                    "keep30": "budgets/resnet56_cifar10_keep30.toml"}, 5,
-                      methods=("ours", *ABLATIONS, "l1-uniform", "fpgm-uniform", "l1-global", "eagleeye", *PEERS)),
+                      methods=(*SEARCHES, *ABLATIONS, "l1-uniform", "fpgm-uniform", "l1-global", "eagleeye",
+                               *PEERS)),
 }  # fmt: skip
 
 
@@ -88,7 +91,7 @@ def _cli(argv: list[str]) -> None:
 
 
 def known_methods() -> list[str]:
-    return ["ours", *ABLATIONS, *list_methods(), *PEERS]
+    return [*SEARCHES, *ABLATIONS, *list_methods(), *PEERS]
 
 
 class Runner:
@@ -110,9 +113,10 @@ class Runner:
         folder = self.plan_dir(label, seed, method)
         sets = [f for s in (*self.suite.search_sets, f"search.seed={seed}") for f in ("--set", s)]
         if not (folder / "metrics.json").is_file():
-            if folder.name == "ours":
+            if folder.name in SEARCHES:
                 resume = ["--resume"] if (folder / "state.pt").is_file() else []
-                _cli(["search", budget, "--out", str(folder), "--no-progress", *sets, *resume])
+                frozen = ["--set", "search.train_weights=false"] if folder.name == "ours-frozen" else []
+                _cli(["search", budget, "--out", str(folder), "--no-progress", *sets, *frozen, *resume])
             elif folder.name in PEERS:
                 self._peer(label, seed, folder)
             else:
@@ -158,7 +162,7 @@ class Runner:
         budget = self._budget(label, seed)
         plan_dir = self.plan_dir(label, seed, method)
         out = self.work / label / f"seed{seed}" / "finetune" / f"{method}_e{epochs}"
-        ours_ft = method in ("ours", "uniform-ours-ft")
+        ours_ft = method in (*SEARCHES, "uniform-ours-ft")
         ft = budget.finetune
         recipe = (["--overparam", str(ft.overparam), "--kd", ft.kd, "--kd-layers", ft.kd_layers, "--sp-weight",
                    str(ft.sp_weight)] if ours_ft else ["--overparam", "0", "--kd", "none"])  # fmt: skip
@@ -192,7 +196,7 @@ class Runner:
         found = self.make_plan(label, seed, method)
         search = self.make_plan(label, seed, "ours") if method != "ours" else found
         search_weight_epochs = search.get("weight_epochs", 0)
-        own = found.get("weight_epochs", 0) if method in ("ours", "ours-vanilla-ft") else 0
+        own = found.get("weight_epochs", 0) if method in (*SEARCHES, "ours-vanilla-ft") else 0
         epochs = self.suite.finetune_epochs
         rows = {"equal_finetune": epochs, "equal_total": epochs + search_weight_epochs - own}
         results = {}
@@ -219,7 +223,7 @@ class Runner:
             "search_seconds": seconds, "dense_epoch_seconds": found["dense_epoch_seconds"],
             "search_cost_ratio": seconds / max(found["dense_epoch_seconds"], 1e-9),
             "search_weight_epochs": own, "latency_ms": self.latency(label, seed, method),
-            "finetune": "LOP + SP-KD" if method in ("ours", "uniform-ours-ft") else "plain",
+            "finetune": "LOP + SP-KD" if method in (*SEARCHES, "uniform-ours-ft") else "plain",
             "versions": library_versions(), "command": shlex.join(["python", *sys.argv]),
         }  # fmt: skip
         if method in PEERS:

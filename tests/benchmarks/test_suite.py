@@ -4,7 +4,6 @@ table and the PNG are rendered from the JSONs."""
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -33,7 +32,7 @@ def toy_suite(tmp_path):
         'held_out = 40\nbatch_size = 16\n[budget]\nflops = "50%"\n[search]\nepochs = 1\nmax_steps = 4\n'
         "gate_every = 2\nrecalibrate_batches = 2\n[baseline]\nscore_batches = 2\n[finetune]\noverparam = 2\n"
     )
-    methods = ("ours", "ours-vanilla-ft", "uniform-ours-ft", "l1-uniform", "taylor-uniform")
+    methods = ("ours", "ours-frozen", "ours-vanilla-ft", "uniform-ours-ft", "l1-uniform", "taylor-uniform")
     return harness.Suite("toy", {"keep50": str(budget)}, 1, methods=methods, finetune_args=("--max-steps", "2"),
                          latency_repeats=2)  # fmt: skip
 
@@ -57,6 +56,8 @@ def test_suite_runs_resumes_and_renders(tmp_path, toy_suite, capsys):
     assert ours["equal_finetune"]["finetune_epochs"] == ours["equal_total"]["finetune_epochs"] == 1
     assert ours["equal_total"]["total_weight_epochs"] == 2
     assert (l1["equal_finetune"]["finetune_epochs"], l1["equal_total"]["finetune_epochs"]) == (1, 2)
+    frozen = records["ours-frozen"]["rows"]  # a search on frozen weights spent none: it gets the extra epoch too
+    assert frozen["equal_total"]["finetune_epochs"] == frozen["equal_total"]["total_weight_epochs"] == 2
     assert records["ours"]["finetune"] == "LOP + SP-KD" and records["l1-uniform"]["finetune"] == "plain"
     assert records["uniform-ours-ft"]["finetune"] == "LOP + SP-KD"
     assert records["uniform-ours-ft"]["flops"] == records["l1-uniform"]["flops"]  # the same plan
