@@ -82,6 +82,18 @@ def test_l2_is_the_norm_of_all_producing_filters_together():
     torch.testing.assert_close(get_importance("l2")(model, group), torch.tensor(expected))
 
 
+def test_l2_and_l1_rank_a_peaked_filter_against_a_flat_one_differently():
+    """[3, 0, 0, 0] has L1 3 and L2 3; [1, 1, 1, 1] has L1 4 and L2 2: each norm keeps another one."""
+    conv = torch.nn.Conv2d(4, 2, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[3.0, 0, 0, 0], [1, 1, 1, 1]])[:, :, None, None])
+    model = torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.Conv2d(2, 2, 1)).eval()
+    groups, _ = analyse(model, shape=(1, 4, 3, 3))
+    group = group_of(groups, "0")
+    torch.testing.assert_close(get_importance("l2")(model, group), torch.tensor([3.0, 2.0]))
+    torch.testing.assert_close(get_importance("l1")(model, group), torch.tensor([3.0, 4.0]))
+
+
 def _fpgm_layer():
     """Six 1x1 filters around a large common offset c, so their L1 norms are nearly equal:
     c +- v, c, c +- u and c + w. Filter 2 (c) is the geometric median, filter 5 far from all."""
