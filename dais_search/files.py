@@ -42,6 +42,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """``obj`` as indented JSON through :func:`atomic_write` (encoded before anything is written)."""
-    text = json.dumps(obj, indent=1) + "\n"
+    """``obj`` as indented, strict JSON through :func:`atomic_write` (encoded before anything is
+    written). NaN and infinities are not JSON: they raise ``ValueError`` and nothing is written."""
+    try:
+        text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
+    except ValueError as exc:
+        raise ValueError(f"{os.fspath(path)}: not written, it would hold a NaN or an infinity ({exc})") from None
     atomic_write(path, lambda f: f.write(text.encode()))

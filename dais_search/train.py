@@ -19,14 +19,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .errors import DivergedError
+
 __all__ = [
     "AUX_WEIGHT",
+    "CHECK_EVERY",
     "as_input",
+    "check_finite_model",
     "classification_loss",
     "cosine_schedule",
     "cross_entropy",
     "device_of",
     "evaluate",
+    "finite_step",
     "make_sgd",
     "recalibrate_bn",
     "time_train_steps",
@@ -139,6 +144,27 @@ def train_step(
     return out
 
 
+CHECK_EVERY = 50  # steps between the host reads of the on-device finiteness flag (a sync on GPUs)
+
+
+def finite_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """A 0-dim bool on the loss's device: the loss and every gradient the optimizer holds are finite.
+    No host sync: read it when convenient."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    ok = torch.isfinite(loss.detach()).all()
+    if grads:
+        ok = ok & torch.isfinite(torch.nn.utils.get_total_norm(grads, foreach=True)).to(ok.device)
+    return ok
+
+
+def check_finite_model(model: nn.Module, where: str) -> None:
+    """Raises :class:`DivergedError` naming ``where`` and the first parameter or buffer holding a NaN
+    or an infinity."""
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise DivergedError(f"{where}: {name} holds NaN or infinite values")
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -158,6 +184,10 @@ def train_one_epoch(
     Args:
         on_step: called after every step with the step index and :func:`train_step`'s output.
 
+    Raises:
+        DivergedError: a step's loss or gradients were NaN or infinite (checked on the device and
+            read every ``CHECK_EVERY`` steps and at the end); the message names ``desc`` and the step.
+
     Returns:
         ``{"loss", "top1", "images", "seconds", "images_per_s"}`` over the pass (``top1`` in
         percent), plus the mean of every other scalar ``loss_fn`` returns (e.g. ``kd_loss``).
@@ -169,6 +199,7 @@ def train_one_epoch(
         total = min(total, max_steps) if total is not None else max_steps
     sums: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), device=device, dtype=torch.long)
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)  # the first step with a non-finite loss or grad
     seen = 0
     start = time.perf_counter()
     bar = tqdm(loader, total=total, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
@@ -177,6 +208,10 @@ def train_one_epoch(
             break
         x, y = to_model(x, y, model)
         out = train_step(model, x, y, optimizer, scheduler, loss_fn)
+        bad = ~finite_step(out["loss"], optimizer).to(device)
+        first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
+        if (step + 1) % CHECK_EVERY == 0:
+            _raise_if_diverged(first_bad, desc)
         # Accumulate on the device: a .item() per step would be a host-device sync point.
         for key, value in out.items():
             if key != "output" and value.dim() == 0:
@@ -187,6 +222,7 @@ def train_one_epoch(
             on_step(step, out)
         if progress and step % 20 == 0:
             bar.set_postfix(loss=f"{out['loss'].item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4g}")
+    _raise_if_diverged(first_bad, desc)
     seconds = time.perf_counter() - start
     seen = max(seen, 1)
     stats = {key: float(value) / seen for key, value in sums.items()}
@@ -200,6 +236,12 @@ def train_one_epoch(
 
 
 @torch.no_grad()
+def _raise_if_diverged(first_bad: torch.Tensor, desc: str) -> None:
+    step = int(first_bad)
+    if step >= 0:
+        raise DivergedError(f"{desc}: the loss or a gradient was NaN or infinite at step {step + 1} of this pass")
+
+
 def evaluate(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],

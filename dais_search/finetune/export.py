@@ -19,6 +19,7 @@ from ..channels import ChannelPlan
 from ..checkpoint import save_checkpoint
 from ..files import atomic_write, write_json
 from ..report import library_versions
+from ..train import check_finite_model
 
 __all__ = ["export"]
 
@@ -31,6 +32,7 @@ def export(folded: nn.Module, plan: ChannelPlan, metrics: dict[str, Any], out: s
     rebuilds with ``ChannelPlan.from_dict(ckpt["plan"]).apply(create_model(name))`` and
     ``load_state_dict``.
     """
+    check_finite_model(folded, "export")  # a NaN model is never shipped
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     folded = folded.eval()

@@ -23,7 +23,7 @@ from torch import nn
 from ..budget import KD_MODES
 from ..channels import ChannelPlan
 from ..cost import count_flops, count_params
-from ..train import cosine_schedule, evaluate, make_sgd, train_one_epoch
+from ..train import check_finite_model, cosine_schedule, evaluate, make_sgd, train_one_epoch
 from .distill import DistillTask, resolve_layers
 from .overparam import expand, fold
 
@@ -153,8 +153,9 @@ def finetune(
     x = torch.randn(4, *input_shape[1:], device=next(model.parameters()).device)
     with torch.no_grad():
         expected, actual = model(x), folded(x)
+    check_finite_model(folded, "fine-tune: the folded model")
     error = float((actual - expected).abs().max() / expected.abs().max().clamp(min=1e-12))
-    if error > 1e-4:
+    if not error <= 1e-4:  # NaN fails too
         raise AssertionError(f"folded model differs from the expanded one (relative error {error:.2e})")
     flops = count_flops(folded, input_shape)
     if flops != pruned_flops or (plan is not None and flops != plan.flops):

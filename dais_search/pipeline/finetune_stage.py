@@ -14,6 +14,7 @@ from torch import nn
 from ..channels import ChannelPlan
 from ..checkpoint import load_checkpoint, load_state_dict_strict
 from ..data import DataSplits, make_loader
+from ..errors import DivergedError
 from ..finetune import FinetuneConfig, export, finetune
 
 __all__ = ["finetune_plan", "student_of"]
@@ -37,6 +38,10 @@ def finetune_plan(plan: ChannelPlan, teacher: nn.Module, student: nn.Module, spl
     image = plan.input_shape[-1]
     train = make_loader(splits.train, batch_size, True, normalize, config.seed, workers, image, True)
     test = make_loader(splits.test, 256, False, normalize, workers=workers, image_size=image)
-    result = finetune(student, teacher, train, config, plan=plan, test_loader=test, progress=progress)
+    try:
+        result = finetune(student, teacher, train, config, plan=plan, test_loader=test, progress=progress)
+    except DivergedError as exc:
+        raise DivergedError(f"{exc}; no bundle was exported. Lower the fine-tune learning rate and fine-tune "
+                            "again") from None  # fmt: skip
     export(result.model, plan, result.metrics, out, model_name, num_classes, normalize, budget_file)
     return result.metrics

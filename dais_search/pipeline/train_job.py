@@ -17,10 +17,10 @@ import torch
 from ..checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint
 from ..cost import count_flops, count_params
 from ..data import DEFAULT_NORMALIZE, check_data_spec, load_dataset, make_loader, train_val_split
-from ..errors import UserError
+from ..errors import DivergedError, UserError
 from ..models import create_model, input_size
 from ..report import format_table, library_versions
-from ..train import cosine_schedule, evaluate, make_sgd, train_one_epoch
+from ..train import check_finite_model, cosine_schedule, evaluate, make_sgd, train_one_epoch
 from .common import resolve_device
 
 __all__ = ["TrainJob", "run_train"]
@@ -105,8 +105,13 @@ def run_train(job: TrainJob) -> dict[str, Any]:
              job.epochs, steps)  # fmt: skip
 
     for epoch in range(start_epoch, job.epochs):
-        stats = train_one_epoch(model, loader, optimizer, scheduler, max_steps=job.max_steps, progress=job.progress,
-                                desc=f"epoch {epoch + 1}/{job.epochs}")  # fmt: skip
+        try:
+            stats = train_one_epoch(model, loader, optimizer, scheduler, max_steps=job.max_steps,
+                                    progress=job.progress, desc=f"train epoch {epoch + 1}/{job.epochs}")  # fmt: skip
+            check_finite_model(model, f"train epoch {epoch + 1}/{job.epochs}")
+        except DivergedError as exc:
+            last = f"the last good checkpoint is {job.out} (epoch {epoch})" if epoch else "no checkpoint was written"
+            raise DivergedError(f"{exc}; {last}. Lower --lr (or add --warmup-epochs) and train again") from None
         row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in stats.items()}}
         if held is not None:
             held_loader = make_loader(held, 256, normalize=normalize, workers=job.workers)

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..budget import Budget, check_budget
 from ..channels import ChannelPlan
-from ..errors import UserError
+from ..errors import DivergedError, UserError
 from ..files import atomic_torch_save
 from ..monitor import MetricWriter, indicator_heatmap
 from ..train import as_input, recalibrate_bn, time_train_steps
@@ -124,8 +124,14 @@ def search(
     writer = MetricWriter(log_dir) if log_dir is not None else None
     on_gate_step = _gate_step_logger(writer) if writer is not None else None
     for epoch in range(start_epoch, spec.epochs):
-        stats = searcher.run_epoch(epoch, train_loader, held_out_loader, gate_every, spec.max_steps, progress,
-                                   on_gate_step)  # fmt: skip
+        try:
+            stats = searcher.run_epoch(epoch, train_loader, held_out_loader, gate_every, spec.max_steps, progress,
+                                       on_gate_step)  # fmt: skip
+        except DivergedError as exc:
+            last = (f"the last good state is {state_path} (epoch {epoch})" if epoch and state_path is not None
+                    else "no search state was written")  # fmt: skip
+            raise DivergedError(f"{exc} (epoch {epoch + 1}/{spec.epochs}); {last}. Lower search.weight_lr or "
+                                "search.gate_lr and search again") from None  # fmt: skip
         masks = [m.detach() for m in searcher.gates()]
         stats["binarization_gap"] = searcher.gates.binarization_gap(masks)
         stats["flops_ratio"] = (

@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 
 from ..budget import Budget
 from ..channels import ChannelGraph, ChannelPlan, FlopsModel, trace_channels
-from ..train import classification_loss, cosine_schedule, make_sgd, to_model, train_step
+from ..errors import DivergedError
+from ..train import classification_loss, cosine_schedule, finite_step, make_sgd, to_model, train_step
 from .gates import ChannelGates, attach_gates
 from .importance import log_importance
 from .repair import repair, whole_units
@@ -133,6 +134,9 @@ class Searcher:
             out = train_step(self.gated, x, y, self.w_opt, self.w_sched)
         finally:
             self.gates.fixed_masks = None
+        if not bool(finite_step(out["loss"], self.w_opt)):
+            raise DivergedError(f"search: the loss or a weight gradient was NaN or infinite at weight step "
+                                f"{self.step + 1}")  # fmt: skip
         self.step += 1
         return StepStats(float(out["loss"].detach()), int((out["output"].detach().argmax(1) == y).sum()), len(y))
 
@@ -159,6 +163,9 @@ class Searcher:
         loss = task + penalty.to(task.dtype)
         self.g_opt.zero_grad(set_to_none=True)
         loss.backward()
+        if not bool(finite_step(loss, self.g_opt)):
+            raise DivergedError(f"search: the held-out loss or an indicator gradient was NaN or infinite at the gate "
+                                f"step after weight step {self.step}")  # fmt: skip
         self.g_opt.step()
         rho = self.budget.search.rho
         self.lam += rho * float(r.detach())
