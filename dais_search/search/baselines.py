@@ -34,7 +34,7 @@ from ..channels import ChannelGroup, ChannelPlan, FlopsModel, trace_channels
 from ..errors import UserError
 from ..train import evaluate, recalibrate_bn
 from .importance import get_importance, list_importance, score_groups
-from .repair import whole_units
+from .repair import check_feasible, floor_widths, whole_units
 
 __all__ = ["ALLOCATIONS", "baseline_plan", "eagleeye_plan", "global_plan", "list_methods", "parse_method",
            "uniform_plan"]  # fmt: skip
@@ -65,25 +65,19 @@ def parse_method(method: str) -> tuple[str, str]:
     return allocation, criterion
 
 
-def _setup(model: nn.Module, input_shape: Sequence[int], flops_target: float, ignore: Iterable[str]):
+def _setup(model: nn.Module, input_shape: Sequence[int], flops_target: float, ignore: Iterable[str],
+           min_keep: int = 1):  # fmt: skip
     example = torch.zeros(tuple(input_shape), device=next(model.parameters()).device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the caller has seen the blocked-op warnings already
         graph = trace_channels(model, example, tuple(ignore))
     fm = FlopsModel(graph, model, example)
-    floor = float(fm.flops({g.id: g.min_keep for g in fm.groups}))
-    if floor > flops_target:
-        raise UserError(f"cannot meet {flops_target:.0f} FLOPs: the model has {floor:.0f} at the minimum width "
-                        "of every group; raise the budget")  # fmt: skip
-    return graph, fm
+    check_feasible(fm, flops_target, None, min_keep, "the FLOPs target")
+    return graph, fm, floor_widths(fm, min_keep)
 
 
 def _unit(g: ChannelGroup) -> int:
     return len(g.blocks[0]) if g.blocks else g.round_to
-
-
-def _floor(g: ChannelGroup) -> int:
-    return -(-g.min_keep // _unit(g)) * _unit(g)
 
 
 def _select(groups: Sequence[ChannelGroup], counts: dict[int, int],
@@ -102,6 +96,7 @@ def uniform_plan(
     batches: Batches | None = None,
     max_batches: int | None = None,
     seed: int = 0,
+    min_keep: int = 1,
 ) -> ChannelPlan:
     """Keeps the same fraction of every prunable group, the largest whose FLOPs fit ``flops_target``,
     within a group the channels the ``criterion`` (see :mod:`.importance`) ranks highest; a data
@@ -115,14 +110,15 @@ def uniform_plan(
     a group: the criterion's scale differs from layer to layer.
     """
     get_importance(criterion)  # an unknown name fails before any work
-    graph, fm = _setup(model, input_shape, flops_target, ignore)
+    graph, fm, floors = _setup(model, input_shape, flops_target, ignore, min_keep)
     groups = fm.groups
 
     def widths(ratio: float) -> dict[int, int]:
         out = {}
         for g in groups:
-            n = max(g.min_keep, int(ratio * g.size))
-            out[g.id] = n - n % g.round_to if n % g.round_to and n > g.round_to else n
+            n = int(ratio * g.size)
+            n = n - n % g.round_to if n % g.round_to and n > g.round_to else n
+            out[g.id] = max(floors[g.id], n)
         return out
 
     lo, hi = 0.0, 1.0
@@ -165,16 +161,16 @@ def global_plan(
     batches: Batches | None = None,
     max_batches: int | None = None,
     seed: int = 0,
+    min_keep: int = 1,
 ) -> ChannelPlan:
     """Ranks the units (channels, or blocks of grouped convs) of all groups together by their
     criterion score divided by the mean score of their group, keeps the best ones down to the one
     threshold whose FLOPs fit ``flops_target``, then adds the next-best units that still fit.
     Every group keeps at least its minimum width (its best units)."""
     get_importance(criterion)
-    graph, fm = _setup(model, input_shape, flops_target, ignore)
+    graph, fm, floors = _setup(model, input_shape, flops_target, ignore, min_keep)
     groups = fm.groups
     scores = score_groups(model, graph, criterion, groups, batches, max_batches, seed)
-    floors = {g.id: _floor(g) for g in groups}
     ranked = []  # (normalised score, group id, rank of the unit within its group), beyond each floor
     for g in groups:
         s = scores[g.id].double()
@@ -206,7 +202,7 @@ def global_plan(
 
 
 def _random_counts(fm: FlopsModel, flops_target: float, rng: np.random.Generator, tolerance: float,
-                   low: float = 0.05) -> dict[int, int] | None:  # fmt: skip
+                   floors: dict[int, int], low: float = 0.05) -> dict[int, int] | None:  # fmt: skip
     """One EagleEye candidate: per-group keep ratios drawn from U(low, 1), scaled by one factor so
     the FLOPs fit the target, then random units added while they fit; ``None`` when the result
     is not within ``tolerance`` below the target."""
@@ -217,7 +213,7 @@ def _random_counts(fm: FlopsModel, flops_target: float, rng: np.random.Generator
         out = {}
         for g in groups:
             n = round(min(1.0, scale * draw[g.id]) * g.size / _unit(g)) * _unit(g)
-            out[g.id] = min(g.size, max(_floor(g), n))
+            out[g.id] = min(g.size, max(floors[g.id], n))
         return out
 
     lo, hi = 0.0, 1.0 / low
@@ -252,6 +248,7 @@ def eagleeye_plan(
     criterion: str = "l1",
     seed: int = 0,
     tolerance: float = 0.005,
+    min_keep: int = 1,
 ) -> ChannelPlan:
     """EagleEye: ``candidates`` random per-group keep-ratio vectors with FLOPs within ``tolerance``
     below ``flops_target``; each keeps its groups' top-``criterion`` channels, has its BN
@@ -266,7 +263,7 @@ def eagleeye_plan(
     """
     if candidates < 1:
         raise UserError(f"EagleEye needs at least 1 candidate, got {candidates}")
-    graph, fm = _setup(model, input_shape, flops_target, ignore)
+    graph, fm, floors = _setup(model, input_shape, flops_target, ignore, min_keep)
     groups = fm.groups
     scores = score_groups(model, graph, criterion, groups, seed=seed)
     rng = np.random.default_rng(seed)
@@ -277,7 +274,7 @@ def eagleeye_plan(
         if tries > 100 * candidates:
             raise UserError(f"EagleEye drew no candidate within {tolerance:.1%} below the FLOPs target in "
                             f"{tries - 1} tries; the groups are too coarse for it: raise the budget")  # fmt: skip
-        counts = _random_counts(fm, flops_target, rng, tolerance)
+        counts = _random_counts(fm, flops_target, rng, tolerance, floors)
         if counts is None:
             continue
         plan = ChannelPlan.create(model, _select(groups, counts, scores), input_shape, tuple(ignore),
@@ -307,6 +304,7 @@ def baseline_plan(
     recalibrate_batches: int = 50,
     eval_batches: int | None = None,
     seed: int = 0,
+    min_keep: int = 1,
 ) -> ChannelPlan:
     """The plan of baseline ``method`` (see :func:`parse_method`). ``held_out`` (plain batches)
     feeds data criteria and EagleEye's scoring, ``recalibrate`` (training-style batches)
@@ -316,6 +314,6 @@ def baseline_plan(
         if held_out is None or recalibrate is None:
             raise UserError("eagleeye scores its candidates on held-out batches; give held_out and recalibrate")
         return eagleeye_plan(model, input_shape, flops_target, recalibrate, held_out, ignore, candidates,
-                             recalibrate_batches, eval_batches, criterion, seed)  # fmt: skip
+                             recalibrate_batches, eval_batches, criterion, seed, min_keep=min_keep)  # fmt: skip
     make = uniform_plan if allocation == "uniform" else global_plan
-    return make(model, input_shape, flops_target, ignore, criterion, held_out, score_batches, seed)
+    return make(model, input_shape, flops_target, ignore, criterion, held_out, score_batches, seed, min_keep)

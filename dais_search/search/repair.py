@@ -1,4 +1,5 @@
-"""Budget repair: a hard plan moved onto ``0.99 x target <= FLOPs <= target`` by whole units.
+"""Budget repair: a hard plan moved onto ``0.99 x target <= FLOPs <= target`` by whole units; and
+:func:`check_feasible`, which says before any work whether a budget can be met at all.
 
 Binarising soft masks (or rounding a shared keep ratio) leaves a plan somewhat off the budget.
 :func:`repair` removes the kept unit (a channel, or a block of a grouped conv) with the smallest
@@ -14,8 +15,45 @@ import math
 import torch
 
 from ..channels import ChannelGroup, FlopsModel
+from ..errors import UserError
 
-__all__ = ["repair", "whole_units"]
+__all__ = ["check_feasible", "floor_widths", "repair", "whole_units"]
+
+
+def floor_widths(fm: FlopsModel, min_keep: int = 1) -> dict[int, int]:
+    """The fewest channels each prunable group may keep: its own minimum and ``min_keep``, rounded
+    up to whole units (blocks of grouped convs)."""
+    out = {}
+    for g in fm.groups:
+        unit = len(g.blocks[0]) if g.blocks else g.round_to
+        out[g.id] = min(g.size, -(-max(g.min_keep, min_keep) // unit) * unit)
+    return out
+
+
+def check_feasible(fm: FlopsModel, flops_target: float, params_target: float | None = None, min_keep: int = 1,
+                   what: str = "the budget") -> None:  # fmt: skip
+    """Raises a :class:`UserError` naming the problem and the fix when no plan can meet the budget:
+    ``min_keep`` above a group's size, a FLOPs (or params) target below what the minimum widths
+    cost, or a target at or above the dense model's (nothing to prune). ``what`` names the budget
+    in the message (e.g. ``'budget.flops = "1%"'``)."""
+    for g in fm.groups:
+        if min_keep > g.size:
+            raise UserError(f"budget.min_keep = {min_keep} is more than group {g.id} ({g.name}) has: {g.size} "
+                            f"channels; lower budget.min_keep to at most {min(x.size for x in fm.groups)}")  # fmt: skip
+    dense = fm.dense_flops
+    if flops_target >= dense:
+        raise UserError(f"{what} asks for {flops_target:,.0f} FLOPs, at or above the dense model's {dense:,}: "
+                        'nothing to prune; give less, e.g. "50%"')  # fmt: skip
+    floor = floor_widths(fm, min_keep)
+    least = float(fm.flops(floor))
+    if least > flops_target:
+        raise UserError(f"{what} asks for {flops_target:,.0f} FLOPs ({flops_target / dense:.1%} of dense), but the "
+                        f"model has {least:,.0f} ({least / dense:.1%}) with every prunable group at its minimum "
+                        f"width (min_keep = {min_keep}; unprunable layers keep their cost): raise it to at least "
+                        f'"{100 * least / dense + 0.05:.1f}%"')  # fmt: skip
+    if params_target is not None and float(fm.params(floor)) > params_target:
+        raise UserError(f"budget.params asks for {params_target:,.0f} parameters, but the model has "
+                        f"{float(fm.params(floor)):,.0f} at the minimum widths; raise budget.params")  # fmt: skip
 
 
 def whole_units(group: ChannelGroup, order: torch.Tensor, count: int) -> list[int]:

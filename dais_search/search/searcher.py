@@ -41,7 +41,7 @@ from ..errors import DivergedError
 from ..train import classification_loss, cosine_schedule, finite_step, make_sgd, to_model, train_step
 from .gates import ChannelGates, attach_gates
 from .importance import log_importance
-from .repair import repair, whole_units
+from .repair import check_feasible, repair, whole_units
 from .schedules import temperature_at
 
 __all__ = ["Searcher", "StepStats"]
@@ -79,6 +79,8 @@ class Searcher:
             raise ValueError("the model has no prunable channel group; nothing to search")
         self.flops_target = budget.flops_target(self.flops_model.dense_flops)
         self.params_target = budget.params_target(self.flops_model.dense_params)
+        check_feasible(self.flops_model, self.flops_target, self.params_target, budget.budget.min_keep,
+                       f"budget.flops = {_toml(budget.budget.flops)}")  # fmt: skip
         criterion = "bn" if spec.mode == "dsa" else "l1"  # DSA ranks by BN scale, DAIS starts from filter norms
         start_keep = _uniform_keep(self.flops_model, self.flops_target)  # start on the budget
         scores = [log_importance(criterion, model, g) for g in self.groups]
@@ -277,6 +279,10 @@ class Searcher:
         self.g_opt.load_state_dict(state["g_opt"])
         self.lam, self.lam_params, self.step = state["lam"], state["lam_params"], state["step"]
         self._weight_masks = None
+
+
+def _toml(value) -> str:
+    return f'"{value}"' if isinstance(value, str) else f"{value:g}"
 
 
 def _uniform_keep(fm: FlopsModel, target: float) -> float:

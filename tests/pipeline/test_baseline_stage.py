@@ -54,6 +54,8 @@ def test_baseline_writes_what_search_writes(tmp_path, capsys, method):
         (["baseline", "{budget}", "--method", "l1-uniform", "--set", "baseline.candidates=0"], "baseline.candidates"),
         (["baseline", "{budget}", "--method", "l1-uniform", "--set", "data.dataset=mnist"], "unknown data set"),
         (["run", "{budget}", "--method", "fpgm-random"], "unknown baseline method 'fpgm-random'"),
+        (["baseline", "{budget}", "--method", "l1-global", "--set", "budget.flops=1%"], 'raise it to at least "'),
+        (["baseline", "{budget}", "--method", "eagleeye", "--set", "budget.min_keep=100"], "budget.min_keep = 100"),
     ],
 )
 def test_baseline_errors_before_work(tmp_path, capsys, argv, needle):
@@ -63,7 +65,7 @@ def test_baseline_errors_before_work(tmp_path, capsys, argv, needle):
     assert _quiet([*argv, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out" / "plan.json").exists()
 
 
 def test_run_takes_a_baseline_through_fine_tune_fold_and_export(tmp_path, capsys):

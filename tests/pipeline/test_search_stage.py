@@ -74,11 +74,15 @@ def test_search_command_writes_plan_logs_and_resumes(tmp_path, capsys):
         (["search", "{budget}", "--resume", "--out", "{tmp}/fresh"], "holds no search state"),
         (["search", "{budget}", "--checkpoint", "{tmp}/missing.pt"], "model.checkpoint"),
         (["search", "{budget}", "--set", "data.dataset=mnist"], "unknown data set"),
+        (["search", "{budget}", "--set", "budget.flops=1%"], 'raise it to at least "'),
+        (["search", "{budget}", "--set", "budget.min_keep=100"], "budget.min_keep = 100 is more than group"),
+        (["search", "{budget}", "--set", "budget.flops=1G"], "at or above the dense model's"),
     ],
 )
 def test_search_errors_before_work(tmp_path, capsys, argv, needle):
     budget = _write_budget(tmp_path / "b.toml")
     argv = [a.replace("{tmp}", str(tmp_path)).replace("{budget}", str(budget)) for a in argv]
-    assert main(argv) == 2
+    assert main([*argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "state.pt").exists()  # refused before the first epoch
