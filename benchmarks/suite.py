@@ -14,6 +14,8 @@ Methods:
   <criterion>-uniform   one keep fraction, channels by the criterion (l1 l2 fpgm bn taylor apoz entropy random)
   l1-global, eagleeye   global threshold on per-group-normalised L1; EagleEye (random ratios, adaptive BN)
   tp-uniform, tp-global the Torch-Pruning peer (benchmarks/peers/tp_peer.py; `bench` extra)
+  modelopt-fastnas      NVIDIA ModelOpt FastNAS (benchmarks/peers/modelopt_peer.py; `modelopt` extra), channel
+                        divisor 4, scored on [baseline] score_batches held-out batches
 
 Baselines and peers get a plain fine-tune (a method's own extra losses are part of the method, BENCH.md);
 the schedule is the same for all. Two rows per run: **equal fine-tune** (the suite's epochs for everyone)
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import importlib.util
 import json
 import shlex
 import statistics
@@ -56,7 +59,8 @@ from dais_search.train import recalibrate_bn, time_train_steps  # noqa: E402
 
 SEARCHES = ("ours", "ours-frozen")
 ABLATIONS = ("ours-vanilla-ft", "uniform-ours-ft")
-PEERS = ("tp-uniform", "tp-global")
+PEERS = ("tp-uniform", "tp-global", "modelopt-fastnas")
+PEER_PACKAGES = {"tp-uniform": "torch_pruning", "tp-global": "torch_pruning", "modelopt-fastnas": "modelopt"}
 
 
 @dataclass(frozen=True)
@@ -129,14 +133,22 @@ class Runner:
 
     def _peer(self, label: str, seed: int, folder: Path) -> None:
         """Torch-Pruning's plan; then, like our stages, pruned.pt (BN recalibrated) and its accuracy."""
-        from peers import tp_peer
-
         budget = self._budget(label, seed)
         peer_dir = folder / "peer"
-        if not (peer_dir / "metrics.json").is_file():
-            mode = folder.name.split("-")[1]
-            tp_peer.main(["--checkpoint", budget.model.checkpoint, "--model", budget.model.name, "--flops",
-                          str(budget.budget.flops), "--mode", mode, "--out", str(peer_dir)])  # fmt: skip
+        common = ["--checkpoint", budget.model.checkpoint, "--model", budget.model.name, "--flops",
+                  str(budget.budget.flops), "--out", str(peer_dir)]  # fmt: skip
+        if not (peer_dir / "metrics.json").is_file() and folder.name == "modelopt-fastnas":
+            from peers import modelopt_peer
+
+            d = budget.data
+            modelopt_peer.main([*common, "--data", d.dataset, "--held-out", str(d.held_out), "--split-seed",
+                                str(d.split_seed), "--normalize", d.normalize, "--batch-size", str(d.batch_size),
+                                "--score-batches", str(budget.baseline.score_batches),
+                                "--seed", str(seed)])  # fmt: skip
+        elif not (peer_dir / "metrics.json").is_file():
+            from peers import tp_peer
+
+            tp_peer.main([*common, "--mode", folder.name.split("-")[1]])
         peer = json.loads((peer_dir / "metrics.json").read_text())
         plan = ChannelPlan.load(peer_dir / "plan.json")
         inputs = load_budget_inputs(budget, "cpu")
@@ -227,7 +239,10 @@ class Runner:
             "versions": library_versions(), "command": shlex.join(["python", *sys.argv]),
         }  # fmt: skip
         if method in PEERS:
-            record["versions"]["torch_pruning"] = found["peer"]["torch_pruning"]
+            peer = found["peer"]
+            record["versions"]["peer"] = peer.get("torch_pruning") or peer.get("modelopt")
+            if "channel_divisor" in peer:
+                record["note"] = f"channel divisor {peer['channel_divisor']}"
         write_json(path, record)
         return record
 
@@ -256,7 +271,8 @@ def render(records: list[dict], out_md: Path, out_png: Path | None) -> str:
             rs = by_method[m]
             lat = rs[0]["latency_ms"]
             big = max(lat, key=int)
-            rows.append([m, rs[0]["finetune"], f"{statistics.mean(x['flops_ratio'] for x in rs):.4f}",
+            name = m + (f" ({rs[0]['note']})" if rs[0].get("note") else "")
+            rows.append([name, rs[0]["finetune"], f"{statistics.mean(x['flops_ratio'] for x in rs):.4f}",
                          f"{min(x['flops_over_target'] for x in rs):.4f}", f"{rs[0]['params']:,}",
                          f"{statistics.mean(x['search_cost_ratio'] for x in rs):.2f}",
                          _mean_std([x["test_top1_before_finetune"] for x in rs]),
@@ -335,13 +351,12 @@ def main(argv: list[str] | None = None, suites: dict[str, Suite] | None = None) 
         raise SystemExit(f"error: unknown method {unknown[0]!r}; known: {', '.join(known_methods())}")
     if bad:
         raise SystemExit(f"error: unknown budget {bad[0]!r}; the {suite.name} suite has {', '.join(suite.budgets)}")
-    if any(m in PEERS for m in methods):
-        try:
-            import torch_pruning  # noqa: F401
-        except ImportError:
-            print("note: Torch-Pruning is not installed (pip install -e '.[bench]'); skipping "
-                  + ", ".join(m for m in methods if m in PEERS))  # fmt: skip
-            methods = [m for m in methods if m not in PEERS]
+    for package in sorted({PEER_PACKAGES[m] for m in methods if m in PEERS}):
+        if importlib.util.find_spec(package) is None:
+            skipped = [m for m in methods if PEER_PACKAGES.get(m) == package]
+            extra = "bench" if package == "torch_pruning" else "modelopt"
+            print(f"note: {package} is not installed (pip install -e '.[{extra}]'); skipping {', '.join(skipped)}")
+            methods = [m for m in methods if m not in skipped]
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(suite.seeds)
     results.mkdir(parents=True, exist_ok=True)
     if not args.render:
