@@ -32,6 +32,7 @@ from .models import create_model, describe, input_size, list_models
 from .pipeline import (
     EvalJob,
     TrainJob,
+    check_data_fits,
     finetune_plan,
     resolve_device,
     run_baseline,
@@ -376,6 +377,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     normalize = args.normalize or ckpt.get("normalize") or DEFAULT_NORMALIZE
     splits = load_dataset(args.data, args.data_dir, args.download)
+    check_data_fits(teacher, splits, f"{name} (checkpoint {args.checkpoint!r})")
     teacher.to(device).eval()
     student.to(device)
     budget = Path(args.plan).with_name("budget.toml")

@@ -10,7 +10,7 @@
 """
 
 from .baseline_stage import run_baseline
-from .common import check_budget_inputs, load_dense, resolve_device
+from .common import check_budget_inputs, check_data_fits, load_dense, resolve_device
 from .eval_job import EvalJob, run_eval
 from .finetune_stage import finetune_plan, student_of
 from .main_job import run_pipeline
@@ -21,6 +21,7 @@ __all__ = [
     "EvalJob",
     "TrainJob",
     "check_budget_inputs",
+    "check_data_fits",
     "finetune_plan",
     "load_dense",
     "resolve_device",

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..budget import Budget
-from ..checkpoint import load_checkpoint, load_state_dict_strict
+from ..checkpoint import load_checkpoint, load_state_dict_strict, model_from_checkpoint
 from ..data import check_data_spec, load_dataset, make_loader, train_val_split
 from ..errors import UserError
 from ..files import write_json
@@ -24,8 +24,8 @@ from ..report import library_versions
 from ..search import get_schedule
 from ..train import evaluate
 
-__all__ = ["BudgetInputs", "check_budget_inputs", "load_budget_inputs", "load_dense", "resolve_device",
-           "start_out_dir"]  # fmt: skip
+__all__ = ["BudgetInputs", "check_budget_inputs", "check_data_fits", "check_nonempty", "load_budget_inputs",
+           "load_dense", "resolve_device", "start_out_dir"]  # fmt: skip
 
 
 def resolve_device(name: str) -> torch.device:
@@ -110,9 +110,19 @@ def load_budget_inputs(budget: Budget, device: str) -> BudgetInputs:
     on ``device``, and the two shuffled loaders (seeded by ``search.seed``)."""
     spec, dspec = budget.search, budget.data
     splits = load_dataset(dspec.dataset, dspec.data_dir)
+    check_nonempty(splits)
+    # The class count: the budget's, else the checkpoint's (so that data with other labels is named as
+    # such, not as a checkpoint that does not fit), else the data's.
+    ckpt = budget.model.checkpoint
+    if budget.model.num_classes or not ckpt:
+        model = load_dense(budget.model.name, ckpt, budget.model.num_classes or splits.num_classes)
+    else:
+        model, _ = model_from_checkpoint(load_checkpoint(ckpt), budget.model.name, source=f"checkpoint {ckpt!r}")
+    source = f"checkpoint {ckpt!r}" if ckpt else "model.num_classes"
+    check_data_fits(model, splits, f"{budget.model.name} ({source})")
+    num_classes = model_outputs(model, splits.input_size)
     train, held = train_val_split(splits.train, dspec.held_out, dspec.split_seed)
-    num_classes = budget.model.num_classes or splits.num_classes
-    model = load_dense(budget.model.name, budget.model.checkpoint, num_classes).to(device)
+    model = model.to(device)
     dense = copy.deepcopy(model).eval()
     size = budget.budget.input_size or splits.input_size
     shape, image = (1, *size), size[-1]
@@ -121,3 +131,39 @@ def load_budget_inputs(budget: Budget, device: str) -> BudgetInputs:
     held_loader = make_loader(held, dspec.batch_size, True, dspec.normalize, spec.seed + 1, dspec.workers, image, True,
                               dspec.augment)  # fmt: skip
     return BudgetInputs(budget, splits, train, held, num_classes, model, dense, shape, train_loader, held_loader)
+
+
+def check_nonempty(splits) -> None:
+    """A :class:`UserError` naming the data set when its train or test split has no examples."""
+    for split in ("train", "test"):
+        if len(getattr(splits, split)) == 0:
+            raise UserError(f"data {splits.name} has no {split} images; give a data set with both splits filled")
+
+
+def check_data_fits(model: nn.Module, splits, what: str) -> None:
+    """A :class:`UserError` naming the data and the model when the data's images have another channel
+    count than the model reads, or its labels go beyond the model's outputs; also :func:`check_nonempty`.
+    ``what`` names the model and where its class count came from (e.g. its checkpoint)."""
+    check_nonempty(splits)
+    channels = splits.input_size[0]
+    first = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+    if first is not None and first.in_channels != channels:
+        kind = "grayscale (1-channel)" if channels == 1 else f"{channels}-channel"
+        raise UserError(f"data {splits.name} has {kind} images, but {what} reads {first.in_channels} channels; "
+                        f"convert the images (a gray channel repeated 3 times makes RGB) or use a model for "
+                        f"{channels}-channel input")  # fmt: skip
+    outputs = model_outputs(model, splits.input_size)
+    if outputs < splits.num_classes:
+        n = splits.num_classes
+        raise UserError(f"data {splits.name} has labels 0..{n - 1} ({n} classes), but {what} has {outputs} "
+                        "outputs; use a model (checkpoint) trained for these classes")  # fmt: skip
+
+
+def model_outputs(model: nn.Module, size) -> int:
+    """The size of ``model``'s output (its class count) on one input of shape ``size`` (C, H, W)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        outputs = int(model(torch.zeros(1, *size, device=next(model.parameters()).device)).shape[-1])
+    model.train(was_training)
+    return outputs

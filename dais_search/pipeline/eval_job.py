@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..checkpoint import load_checkpoint, model_from_checkpoint
 from ..cost import count_flops, count_params
@@ -15,7 +14,7 @@ from ..errors import UserError
 from ..models import input_size
 from ..report import format_table
 from ..train import evaluate
-from .common import resolve_device
+from .common import check_data_fits, resolve_device
 
 __all__ = ["EvalJob", "run_eval"]
 
@@ -56,12 +55,7 @@ def run_eval(job: EvalJob) -> dict[str, Any]:
     if job.limit is not None:
         first = range(min(job.limit, len(data)))
         data = data.subset(first) if hasattr(data, "subset") else torch.utils.data.Subset(data, first)
-    outputs = _num_outputs(model, splits.input_size)
-    if outputs < splits.num_classes:
-        raise UserError(
-            f"the model has {outputs} outputs but {splits.name} has {splits.num_classes} classes; "
-            f"use a checkpoint trained on this data set"
-        )
+    check_data_fits(model, splits, f"{name} (checkpoint {job.checkpoint!r})")
     model.to(device)
     loader = make_loader(data, job.batch_size, train=False, normalize=normalize, workers=job.workers)
     metrics = evaluate(model, loader, progress=job.progress)
@@ -70,12 +64,3 @@ def run_eval(job: EvalJob) -> dict[str, Any]:
              f"{metrics['images']:,}", f"{count_flops(model, shape):,}", f"{count_params(model):,}"]]  # fmt: skip
     print(format_table(rows, ["model", "top-1 %", "top-5 %", "loss", "images", "FLOPs", "params"]))
     return metrics
-
-
-@torch.no_grad()
-def _num_outputs(model: nn.Module, size: tuple[int, int, int]) -> int:
-    was_training = model.training
-    model.eval()
-    out = model(torch.zeros(1, *size, device=next(model.parameters()).device))
-    model.train(was_training)
-    return int(out.shape[-1])

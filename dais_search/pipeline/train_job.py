@@ -21,7 +21,7 @@ from ..errors import DivergedError, UserError
 from ..models import create_model, input_size
 from ..report import format_table, library_versions
 from ..train import check_finite_model, cosine_schedule, evaluate, make_sgd, train_one_epoch
-from .common import resolve_device
+from .common import check_data_fits, resolve_device
 
 __all__ = ["TrainJob", "run_train"]
 
@@ -84,6 +84,7 @@ def run_train(job: TrainJob) -> dict[str, Any]:
     splits = load_dataset(job.data, job.data_dir, job.download)
     normalize = job.normalize or (init or {}).get("normalize") or DEFAULT_NORMALIZE
     model = create_model(job.model, num_classes=splits.num_classes)
+    check_data_fits(model, splits, job.model)
     if init is not None:
         load_state_dict_strict(model, init["state_dict"], f"checkpoint {job.init!r}")
     train_data, held = splits.train, None
