@@ -52,6 +52,7 @@ class ModelSpec:
 class DataSpec:
     dataset: str = "shapes"
     data_dir: str = "data"
+    download: bool = False  # let torchvision fetch cifar10 / cifar100 into data_dir when missing
     held_out: int = 5000
     split_seed: int = 0
     normalize: str = "imagenet"

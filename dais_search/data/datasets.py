@@ -133,8 +133,10 @@ def _load_torchvision_cifar(name: str) -> Callable[[str, str, bool], DataSplits]
             test_set = cls(root=root, train=False, download=download)
         except RuntimeError as exc:
             raise UserError(
-                f"{name} was not found under {root!r} ({exc}). Pass --download to fetch it (needs internet), "
-                f"point --data-dir at a folder holding it, or use --data npz:PATH for a local array file."
+                f"{name} was not found under {root!r} ({exc}). Let torchvision fetch it (needs internet) with "
+                f"--download (train, eval, finetune) or data.download = true in the budget file (search, "
+                f"baseline, run); or point --data-dir / data.data_dir at a folder holding it; or use npz:PATH "
+                f"for a local array file."
             ) from exc
         train = ArrayDataset.from_numpy(train_set.data, np.asarray(train_set.targets), train_set.classes)
         test = ArrayDataset.from_numpy(test_set.data, np.asarray(test_set.targets), test_set.classes)

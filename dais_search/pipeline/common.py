@@ -109,7 +109,7 @@ def load_budget_inputs(budget: Budget, device: str) -> BudgetInputs:
     """Loads the budget's data (split into the search's train and held-out parts), its dense model
     on ``device``, and the two shuffled loaders (seeded by ``search.seed``)."""
     spec, dspec = budget.search, budget.data
-    splits = load_dataset(dspec.dataset, dspec.data_dir)
+    splits = load_dataset(dspec.dataset, dspec.data_dir, dspec.download)
     check_nonempty(splits)
     # The class count: the budget's, else the checkpoint's (so that data with other labels is named as
     # such, not as a checkpoint that does not fit), else the data's.

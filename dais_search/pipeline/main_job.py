@@ -66,7 +66,7 @@ def run_pipeline(budget: Budget, budget_path: str, out: str, resume: bool = Fals
 
     plan = ChannelPlan.load(out_dir / "plan.json")
     dspec = budget.data
-    splits = load_dataset(dspec.dataset, dspec.data_dir)
+    splits = load_dataset(dspec.dataset, dspec.data_dir, dspec.download)
     num_classes = plan.meta.get("num_classes") or splits.num_classes
     teacher = load_dense(budget.model.name, budget.model.checkpoint, num_classes).to(device).eval()
     bundle = out_dir / "bundle"

@@ -77,6 +77,8 @@ def test_search_command_writes_plan_logs_and_resumes(tmp_path, capsys):
         (["search", "{budget}", "--set", "budget.flops=1%"], 'raise it to at least "'),
         (["search", "{budget}", "--set", "budget.min_keep=100"], "budget.min_keep = 100 is more than group"),
         (["search", "{budget}", "--set", "budget.flops=1G"], "at or above the dense model's"),
+        (["search", "{budget}", "--set", "data.dataset=cifar10", "--set", "data.data_dir={tmp}/nothing"],
+         "data.download = true in the budget file"),
     ],
 )
 def test_search_errors_before_work(tmp_path, capsys, argv, needle):
