@@ -280,11 +280,14 @@ def run_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--method", default="dais", help="dais (the search; default) or a baseline method such as "
                         "l1-uniform, fpgm-global or eagleeye (all of them: dais-search baseline --help)")  # fmt: skip
+    parser.add_argument("--random-teacher", action="store_true",
+                        help="run without model.checkpoint: prune and distil from the random initialisation "
+                        "(smoke tests only; refused otherwise)")  # fmt: skip
     return parser
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return _budget_job(args, functools.partial(run_pipeline, method=args.method))
+    return _budget_job(args, functools.partial(run_pipeline, method=args.method, random_teacher=args.random_teacher))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -33,8 +33,12 @@ log = logging.getLogger("dais_search")
 
 def run_pipeline(budget: Budget, budget_path: str, out: str, resume: bool = False, device: str = "cpu",
                  progress: bool = True, overrides: dict[str, Any] | None = None,
-                 method: str = "dais") -> dict[str, Any]:  # fmt: skip
+                 method: str = "dais", random_teacher: bool = False) -> dict[str, Any]:  # fmt: skip
     """The main job: search -> prune -> LOP + distillation fine-tune -> fold -> export.
+
+    Without ``model.checkpoint`` the dense "teacher" is the random initialisation, which makes the
+    search, the distillation and the comparison meaningless: refused unless ``random_teacher``
+    (smoke tests of the pipeline).
 
     ``method`` ``"dais"`` searches; a baseline method (``l1-uniform``, ``eagleeye``, ...: see
     :func:`dais_search.search.list_methods`) makes the plan instead, through the same fine-tune,
@@ -47,6 +51,11 @@ def run_pipeline(budget: Budget, budget_path: str, out: str, resume: bool = Fals
     if method != "dais":
         parse_method(method)  # an unknown method fails now, not after loading data
     check_budget_inputs(budget)
+    if not budget.model.checkpoint and not random_teacher:
+        raise UserError(f"{budget_path}: model.checkpoint is empty, so the dense model to prune and distil from "
+                        "would be a random initialisation; give its trained weights (model.checkpoint or "
+                        "--checkpoint), or pass --random-teacher to run the pipeline on it anyway "
+                        "(smoke tests)")  # fmt: skip
     config = FinetuneConfig(**dataclasses.asdict(budget.finetune), seed=budget.search.seed)
     try:  # before the search, not after it
         distill_layers(create_model(budget.model.name), config)

@@ -104,7 +104,7 @@ def test_run_command_chains_the_stages_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert main(["run", str(budget), "--out", str(out), "--no-progress"]) == 0
+        assert main(["run", str(budget), "--out", str(out), "--no-progress", "--random-teacher"]) == 0
     text = capsys.readouterr().out
     assert "pruned (fine-tuned, folded)" in text and "CPU ms (batch 1)" in text
     summary = json.loads((out / "summary.json").read_text())
@@ -113,11 +113,15 @@ def test_run_command_chains_the_stages_and_resumes(tmp_path, capsys):
     stamp = (out / "bundle" / "model.pt").stat().st_mtime_ns
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert main(["run", str(budget), "--out", str(out), "--resume", "--no-progress"]) == 0
+        assert main(["run", str(budget), "--out", str(out), "--resume", "--no-progress", "--random-teacher"]) == 0
     assert (out / "bundle" / "model.pt").stat().st_mtime_ns == stamp  # finished stages are not redone
-    assert main(["run", str(budget), "--out", str(out), "--no-progress"]) == 2
+    assert main(["run", str(budget), "--out", str(out), "--no-progress", "--random-teacher"]) == 2
     assert "not empty" in capsys.readouterr().err
+    # Without a teacher checkpoint the pipeline would distil from noise: refused unless asked for.
+    assert main(["run", str(budget), "--out", str(tmp_path / "noise"), "--no-progress"]) == 2
+    assert "--random-teacher" in capsys.readouterr().err and not (tmp_path / "noise").exists()
     # A [finetune] mistake is reported before the search starts, not after it.
     fresh = tmp_path / "fresh"
-    assert main(["run", str(budget), "--out", str(fresh), "--set", "finetune.kd_layers=layer9", "--no-progress"]) == 2
+    assert main(["run", str(budget), "--out", str(fresh), "--set", "finetune.kd_layers=layer9", "--no-progress",
+                 "--random-teacher"]) == 2
     assert "[finetune] kd_layers: layer9 not in" in capsys.readouterr().err and not fresh.exists()

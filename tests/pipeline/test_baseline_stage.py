@@ -72,7 +72,8 @@ def test_run_takes_a_baseline_through_fine_tune_fold_and_export(tmp_path, capsys
     budget = tmp_path / "b.toml"
     budget.write_text(BUDGET)
     out = tmp_path / "run"
-    assert _quiet(["run", str(budget), "--method", "fpgm-uniform", "--out", str(out), "--no-progress"]) == 0
+    assert _quiet(["run", str(budget), "--method", "fpgm-uniform", "--out", str(out), "--no-progress",
+                   "--random-teacher"]) == 0
     assert "pruned (fine-tuned, folded)" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == "fpgm-uniform"
