@@ -34,6 +34,8 @@ from .pipeline import (
     TrainJob,
     check_data_fits,
     finetune_plan,
+    model_of_checkpoint,
+    model_outputs,
     resolve_device,
     run_baseline,
     run_eval,
@@ -134,7 +136,10 @@ def cmd_flops(args: argparse.Namespace) -> int:
     name = args.model or (plan.meta.get("model") if plan else None)
     num_classes = args.num_classes or (plan.meta.get("num_classes") if plan else None)
     if args.checkpoint:
-        model, name = model_from_checkpoint(load_checkpoint(args.checkpoint), name, num_classes)
+        model, name, carried = model_of_checkpoint(load_checkpoint(args.checkpoint), name, num_classes)
+        if carried is not None and plan is None:  # a pruned checkpoint: report it beside its dense model
+            classes = model_outputs(model, carried.input_shape[1:])
+            plan, model = carried, create_model(name, num_classes=classes)
     elif name:
         _check_model_name(name)
         model = create_model(name, num_classes=num_classes or (1000 if name.startswith("tv:") else 10))
@@ -371,6 +376,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint)
+    if ckpt.get("plan"):
+        raise UserError(f"{args.checkpoint} holds a pruned model (it carries its plan), but --checkpoint is the "
+                        "dense teacher; give the dense checkpoint there and the pruned weights as --student")
     teacher, name = model_from_checkpoint(ckpt, name, plan.meta.get("num_classes"))
     student_path = args.student or str(Path(args.plan).with_name("pruned.pt"))
     student = student_of(plan, teacher, student_path if args.student or os.path.isfile(student_path) else None)

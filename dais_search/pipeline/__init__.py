@@ -10,7 +10,7 @@
 """
 
 from .baseline_stage import run_baseline
-from .common import check_budget_inputs, check_data_fits, load_dense, resolve_device
+from .common import check_budget_inputs, check_data_fits, load_dense, model_of_checkpoint, model_outputs, resolve_device
 from .eval_job import EvalJob, run_eval
 from .finetune_stage import finetune_plan, student_of
 from .main_job import run_pipeline
@@ -24,6 +24,8 @@ __all__ = [
     "check_data_fits",
     "finetune_plan",
     "load_dense",
+    "model_of_checkpoint",
+    "model_outputs",
     "resolve_device",
     "run_baseline",
     "run_eval",

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..budget import Budget
+from ..channels import ChannelPlan
 from ..checkpoint import load_checkpoint, load_state_dict_strict, model_from_checkpoint
 from ..data import check_data_spec, load_dataset, make_loader, train_val_split
 from ..errors import UserError
@@ -25,7 +26,7 @@ from ..search import get_schedule
 from ..train import evaluate
 
 __all__ = ["BudgetInputs", "check_budget_inputs", "check_data_fits", "check_nonempty", "load_budget_inputs",
-           "load_dense", "resolve_device", "start_out_dir"]  # fmt: skip
+           "load_dense", "model_of_checkpoint", "model_outputs", "resolve_device", "start_out_dir"]  # fmt: skip
 
 
 def resolve_device(name: str) -> torch.device:
@@ -167,3 +168,28 @@ def model_outputs(model: nn.Module, size) -> int:
         outputs = int(model(torch.zeros(1, *size, device=next(model.parameters()).device)).shape[-1])
     model.train(was_training)
     return outputs
+
+
+def model_of_checkpoint(ckpt: dict[str, Any], model_name: str | None = None, num_classes: int | None = None,
+                        source: str = "checkpoint") -> tuple[nn.Module, str, ChannelPlan | None]:  # fmt: skip
+    """The model a checkpoint holds, dense or pruned: our pruned checkpoints (the search's
+    ``pruned.pt``, a bundle's ``model.pt``) carry their plan, which rebuilds the pruned shapes from
+    the dense architecture. Returns (model, name, plan or ``None``).
+
+    Raises:
+        UserError: as :func:`~dais_search.checkpoint.model_from_checkpoint`, or a plan that does not
+            fit the named architecture.
+    """
+    if not ckpt.get("plan"):
+        model, name = model_from_checkpoint(ckpt, model_name, num_classes, source)
+        return model, name, None
+    plan = ChannelPlan.from_dict(ckpt["plan"], source)
+    meta = ckpt.get("model") or {}
+    name = model_name or meta.get("name") or plan.meta.get("model")
+    if not name:
+        raise UserError(f"the {source} does not say which architecture it holds; pass --model NAME")
+    classes = num_classes or meta.get("num_classes") or plan.meta.get("num_classes") or 10
+    kwargs = meta.get("kwargs", {}) if meta.get("name") == name else {}
+    model = plan.apply(create_model(name, num_classes=classes, **kwargs))
+    load_state_dict_strict(model, ckpt["state_dict"], source)
+    return model, name, plan

@@ -7,14 +7,14 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import load_checkpoint, model_from_checkpoint
+from ..checkpoint import load_checkpoint
 from ..cost import count_flops, count_params
 from ..data import DEFAULT_NORMALIZE, check_data_spec, load_dataset, make_loader
 from ..errors import UserError
 from ..models import input_size
 from ..report import format_table
 from ..train import evaluate
-from .common import check_data_fits, resolve_device
+from .common import check_data_fits, model_of_checkpoint, resolve_device
 
 __all__ = ["EvalJob", "run_eval"]
 
@@ -48,7 +48,7 @@ def run_eval(job: EvalJob) -> dict[str, Any]:
         raise UserError(f"--limit must be at least 1, got {job.limit}")
     device = resolve_device(job.device)
     ckpt = load_checkpoint(job.checkpoint)
-    model, name = model_from_checkpoint(ckpt, job.model, job.num_classes)
+    model, name, _ = model_of_checkpoint(ckpt, job.model, job.num_classes)  # dense, or pruned with its plan
     normalize = job.normalize or ckpt.get("normalize") or DEFAULT_NORMALIZE
     splits = load_dataset(job.data, job.data_dir, job.download)
     data = splits.test if job.split == "test" else splits.train
