@@ -36,6 +36,7 @@ from .pipeline import (
     finetune_plan,
     model_of_checkpoint,
     model_outputs,
+    prepare_out,
     resolve_device,
     run_baseline,
     run_eval,
@@ -359,6 +360,7 @@ def finetune_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     check_data_spec(args.data)
+    prepare_out(args.out, [args.plan, args.checkpoint, args.student])
     plan = ChannelPlan.load(args.plan)
     name = args.model or plan.meta.get("model")
     if not name:

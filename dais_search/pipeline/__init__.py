@@ -10,7 +10,15 @@
 """
 
 from .baseline_stage import run_baseline
-from .common import check_budget_inputs, check_data_fits, load_dense, model_of_checkpoint, model_outputs, resolve_device
+from .common import (
+    check_budget_inputs,
+    check_data_fits,
+    load_dense,
+    model_of_checkpoint,
+    model_outputs,
+    prepare_out,
+    resolve_device,
+)
 from .eval_job import EvalJob, run_eval
 from .finetune_stage import finetune_plan, student_of
 from .main_job import run_pipeline
@@ -26,6 +34,7 @@ __all__ = [
     "load_dense",
     "model_of_checkpoint",
     "model_outputs",
+    "prepare_out",
     "resolve_device",
     "run_baseline",
     "run_eval",

@@ -27,12 +27,11 @@ import torch
 from ..budget import Budget
 from ..checkpoint import save_checkpoint
 from ..cost import count_flops
-from ..errors import UserError
 from ..files import write_json
 from ..report import format_table
 from ..search import baseline_plan, parse_method
 from ..train import recalibrate_bn, time_train_steps
-from .common import check_budget_inputs, load_budget_inputs, start_out_dir
+from .common import check_budget_inputs, load_budget_inputs, prepare_out, start_out_dir
 
 __all__ = ["run_baseline"]
 
@@ -45,10 +44,9 @@ def run_baseline(budget: Budget, budget_path: str, out: str, resume: bool = Fals
     allocation, criterion = parse_method(method)  # an unknown method fails before any data is read
     check_budget_inputs(budget)
     out_dir = Path(out)
-    if (out_dir / "metrics.json").is_file() and (out_dir / "plan.json").is_file():
-        if resume:
-            return json.loads((out_dir / "metrics.json").read_text())
-        raise UserError(f"{out_dir} already holds a plan; choose another --out (or --resume to keep it)")
+    if resume and (out_dir / "metrics.json").is_file() and (out_dir / "plan.json").is_file():
+        return json.loads((out_dir / "metrics.json").read_text())  # finished already
+    prepare_out(out_dir, [budget_path, budget.model.checkpoint], resume, ours=("budget.toml", "config.json"))
     start_out_dir(out_dir, budget, budget_path, False, device, overrides, method=method)
     torch.manual_seed(budget.search.seed)
     inputs = load_budget_inputs(budget, device)

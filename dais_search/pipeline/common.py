@@ -7,6 +7,7 @@ import copy
 import os
 import shutil
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from ..search import get_schedule
 from ..train import evaluate
 
 __all__ = ["BudgetInputs", "check_budget_inputs", "check_data_fits", "check_nonempty", "load_budget_inputs",
-           "load_dense", "model_of_checkpoint", "model_outputs", "resolve_device", "start_out_dir"]  # fmt: skip
+           "load_dense", "model_of_checkpoint", "model_outputs", "prepare_out", "resolve_device",
+           "start_out_dir"]  # fmt: skip
 
 
 def resolve_device(name: str) -> torch.device:
@@ -193,3 +195,27 @@ def model_of_checkpoint(ckpt: dict[str, Any], model_name: str | None = None, num
     model = plan.apply(create_model(name, num_classes=classes, **kwargs))
     load_state_dict_strict(model, ckpt["state_dict"], source)
     return model, name, plan
+
+
+def prepare_out(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (), resume: bool = False,
+                flag: str = "--out", ours: Iterable[str] = ()) -> Path:  # fmt: skip
+    """Checks an output folder before any work: not a file, not the folder of one of the ``inputs``
+    (our outputs there would overwrite or copy onto them), and empty unless ``resume`` (files named
+    in ``ours``, which an interrupted start of the same command writes first, do not count). Returns it.
+
+    Raises:
+        UserError: naming the folder, what is in the way, and the fix.
+    """
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {folder} is a file; give a folder")
+    for path in inputs:
+        if path and Path(path).resolve().parent == folder.resolve():
+            raise UserError(f"{flag} {folder} is the folder of the input {path}; what this command writes there would "
+                            f"overwrite or copy onto it: choose another folder")  # fmt: skip
+    names = sorted(p.name for p in folder.iterdir() if p.name not in set(ours)) if folder.is_dir() else []
+    if not resume and names:
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise UserError(f"{flag} {folder} is not empty ({shown}); choose a new or empty folder"
+                        + (" or pass --resume to continue what is there" if flag == "--out" else ""))  # fmt: skip
+    return folder

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +21,7 @@ from ..models import create_model
 from ..report import format_table
 from ..search import parse_method
 from .baseline_stage import run_baseline
-from .common import check_budget_inputs, load_dense
+from .common import check_budget_inputs, load_dense, prepare_out
 from .finetune_stage import finetune_plan, student_of
 from .search_stage import run_search
 
@@ -61,9 +60,7 @@ def run_pipeline(budget: Budget, budget_path: str, out: str, resume: bool = Fals
         distill_layers(create_model(budget.model.name), config)
     except ValueError as exc:
         raise UserError(f"{budget_path}: [finetune] {exc}") from exc
-    out_dir = Path(out)
-    if not resume and out_dir.exists() and any(out_dir.iterdir()):
-        raise UserError(f"{out_dir} is not empty; pass --resume to continue its stages or choose another --out")
+    out_dir = prepare_out(out, [budget_path, budget.model.checkpoint], resume)
     if resume and (out_dir / "plan.json").is_file() and (out_dir / "metrics.json").is_file():
         log.info("%s: done already (%s)", "search" if method == "dais" else method, out_dir / "plan.json")
         search_metrics = json.loads((out_dir / "metrics.json").read_text())

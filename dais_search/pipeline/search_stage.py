@@ -23,7 +23,7 @@ from ..files import write_json
 from ..report import format_table
 from ..search import search, uniform_plan
 from ..train import recalibrate_bn
-from .common import check_budget_inputs, load_budget_inputs, start_out_dir
+from .common import check_budget_inputs, load_budget_inputs, prepare_out, start_out_dir
 
 __all__ = ["run_search"]
 
@@ -36,8 +36,7 @@ def run_search(budget: Budget, budget_path: str, out: str, resume: bool = False,
     state_path = out_dir / "state.pt"
     if resume and not state_path.is_file():
         raise UserError(f"--resume: {out_dir} holds no search state (state.pt); start without --resume")
-    if not resume and (state_path.is_file() or (out_dir / "plan.json").is_file()):
-        raise UserError(f"{out_dir} already holds a search; pass --resume to continue it or choose another --out")
+    prepare_out(out_dir, [budget_path, budget.model.checkpoint], resume, ours=("budget.toml", "config.json"))
     start_out_dir(out_dir, budget, budget_path, resume, device, overrides)
     torch.manual_seed(budget.search.seed)
     inputs = load_budget_inputs(budget, device)

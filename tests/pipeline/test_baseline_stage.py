@@ -44,7 +44,7 @@ def test_baseline_writes_what_search_writes(tmp_path, capsys, method):
     assert json.loads((out / "config.json").read_text())["method"] == method
     # The same --out again is refused; the plan stays.
     assert _quiet(["baseline", str(budget), "--method", method, "--out", str(out), "--no-progress"]) == 2
-    assert "already holds a plan" in capsys.readouterr().err
+    assert "is not empty" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

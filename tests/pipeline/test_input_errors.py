@@ -67,3 +67,27 @@ def test_data_that_does_not_fit_the_model_is_named(files, capsys, argv, needle):
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
     assert not any(Path(files["tmp"], p).exists() for p in ("out/plan.json", "m.pt", "ft/model.pt"))
+
+
+def test_out_folders_that_hold_other_files_or_the_inputs_are_refused(files, capsys):
+    tmp = Path(files["tmp"])
+    (tmp / "theirs").mkdir()
+    (tmp / "theirs" / "notes.txt").write_text("mine")
+    (tmp / "a_file").write_text("x")
+    ft = ["finetune", "--plan", f"{tmp}/plan.json", "--checkpoint", f"{tmp}/dense.pt", "--data", "shapes:64",
+          "--no-progress"]  # fmt: skip
+    cases = [
+        (["search", f"{tmp}/b.toml", "--out", f"{tmp}/theirs"], "is not empty (notes.txt)"),
+        (["baseline", f"{tmp}/b.toml", "--method", "l1-uniform", "--out", f"{tmp}/theirs"], "is not empty"),
+        (["run", f"{tmp}/b.toml", "--out", str(tmp)], f"is the folder of the input {tmp}/b.toml"),
+        ([*ft, "--out", str(tmp)], f"is the folder of the input {tmp}/plan.json"),
+        ([*ft, "--out", f"{tmp}/theirs"], "is not empty (notes.txt)"),
+        ([*ft, "--out", f"{tmp}/a_file"], "is a file"),
+    ]
+    for argv, needle in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert main(argv if argv[0] == "finetune" else [*argv, "--no-progress"]) == 2, argv
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err, (argv, err)
+    assert sorted(p.name for p in (tmp / "theirs").iterdir()) == ["notes.txt"]  # nothing written next to it

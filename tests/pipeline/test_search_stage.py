@@ -58,7 +58,7 @@ def test_search_command_writes_plan_logs_and_resumes(tmp_path, capsys):
 
     # Same --out without --resume: refused. --resume with more epochs continues from epoch 1.
     assert main(["search", str(budget), "--out", str(out), "--no-progress"]) == 2
-    assert "already holds a search" in capsys.readouterr().err
+    assert "is not empty (metrics.json, plan.json, pruned.pt, state.pt, ...); choose a new" in capsys.readouterr().err
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main(["search", str(budget), "--out", str(out), "--resume", "--epochs", "2", "--no-progress"]) == 0
