@@ -39,6 +39,7 @@ VERSION = 1
 SECTIONS = ("model", "data", "budget", "search", "baseline", "finetune")
 MODES = ("dais", "dsa", "dais+dsa")
 KD_MODES = ("sp", "logit", "sp+logit", "none")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,8 @@ class SearchSpec:
     max_steps: int = 0  # weight steps per epoch; 0: the whole train split
     recalibrate_batches: int = 50
     seed: int = 0
+    precision: str = "fp32"  # "bf16": autocast of the forward passes (weights and gates stay float32)
+    channels_last: bool = False  # channels-last memory format for the convolutions
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,8 @@ class FinetuneSpec:
     logit_weight: float = 1.0
     temperature: float = 4.0
     max_steps: int = 0  # per epoch; 0: all training images
+    precision: str = "fp32"  # "bf16": autocast of the fine-tune's forward passes
+    channels_last: bool = False
 
 
 @dataclass(frozen=True)
@@ -252,6 +257,9 @@ def check_budget(budget: Budget) -> Budget:
     size = spec.input_size
     if size and (len(size) != 3 or not all(isinstance(v, int) and v > 0 for v in size)):
         raise UserError(f"{where}: budget.input_size = {list(spec.input_size)}; give [C, H, W], e.g. [3, 32, 32]")
+    for section, spec_ in (("search", search), ("finetune", finetune)):
+        if spec_.precision not in PRECISIONS:
+            raise UserError(f'{where}: {section}.precision = {spec_.precision!r}; choose "fp32" or "bf16"')
     if search.mode not in MODES:
         raise UserError(f"{where}: search.mode = {search.mode!r}; choose one of {', '.join(MODES)}")
     if not 0 < search.temperature_end <= search.temperature_start:

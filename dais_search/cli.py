@@ -353,6 +353,9 @@ def finetune_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=4.0, help="logit-KD temperature (default: 4)")
     p.add_argument("--max-steps", type=int, default=0, help="stop each epoch after this many batches (0: all)")
     p.add_argument("--seed", type=int, default=0, help="seeds expansion, shuffling and augmentation")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: autocast the forward passes to bfloat16 (weights stay float32; default fp32)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format for the convolutions")
     _add_data_args(p)
     _add_run_args(p)
     return p
@@ -373,7 +376,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     try:
         config = FinetuneConfig(args.epochs, args.lr, overparam=args.overparam, kd=args.kd, kd_layers=args.kd_layers,
                                 sp_weight=args.sp_weight, logit_weight=args.logit_weight, temperature=args.temperature,
-                                max_steps=args.max_steps, seed=args.seed)  # fmt: skip
+                                max_steps=args.max_steps, seed=args.seed, precision=args.precision,
+                                channels_last=args.channels_last)  # fmt: skip
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     device = resolve_device(args.device)

@@ -24,6 +24,8 @@ from .errors import DivergedError
 __all__ = [
     "AUX_WEIGHT",
     "CHECK_EVERY",
+    "PRECISIONS",
+    "autocast",
     "as_input",
     "check_finite_model",
     "classification_loss",
@@ -34,6 +36,7 @@ __all__ = [
     "finite_step",
     "make_sgd",
     "recalibrate_bn",
+    "set_channels_last",
     "time_train_steps",
     "to_model",
     "train_one_epoch",
@@ -79,13 +82,38 @@ def device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device: torch.device | str, precision: str = "fp32"):
+    """``torch.autocast`` to bfloat16 for ``precision == "bf16"`` (CPU and GPU), a no-op for ``"fp32"``:
+    convolutions and matmuls run in bf16, losses and norms in float32, weights stay float32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    device_type = torch.device(device).type
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def set_channels_last(model: nn.Module, channels_last: bool = True) -> nn.Module:
+    """Puts ``model``'s 4-D weights in channels-last memory format (in place; returns it); the
+    batches :func:`to_model` moves then follow."""
+    return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _channels_last(model: nn.Module) -> bool:
+    w = next((p for p in model.parameters() if p.dim() == 4), None)
+    return w is not None and not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last)
+
+
 def as_input(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
     """``x`` on ``model``'s device and, if floating point, in its dtype (non-blocking: a copy from
-    pinned memory overlaps with the computation already queued)."""
+    pinned memory overlaps with the computation already queued); images in channels-last memory
+    format when the model's convolutions are."""
     p = next((p for p in model.parameters() if p.is_floating_point()), None)
     if p is None:
         return x
-    return x.to(p.device, p.dtype if x.is_floating_point() else None, non_blocking=True)
+    x = x.to(p.device, p.dtype if x.is_floating_point() else None, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 and _channels_last(model) else x
 
 
 def to_model(x: torch.Tensor, y: torch.Tensor, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,8 +152,10 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     loss_fn: LossFn = cross_entropy,
+    precision: str = "fp32",
 ) -> Output:
-    """One optimisation step on one batch: ``loss_fn(model, x, y)``, backward, optimizer and scheduler step.
+    """One optimisation step on one batch: ``loss_fn(model, x, y)`` (under :func:`autocast` for
+    ``precision``), backward, optimizer and scheduler step.
 
     Args:
         loss_fn: returns ``{"loss": scalar, "output": logits, ...}``; further scalar entries (e.g. a
@@ -135,7 +165,8 @@ def train_step(
     Returns:
         What ``loss_fn`` returned (not detached).
     """
-    out = loss_fn(model, x, y)
+    with autocast(x.device, precision):
+        out = loss_fn(model, x, y)
     optimizer.zero_grad(set_to_none=True)
     out["loss"].backward()
     optimizer.step()
@@ -175,6 +206,7 @@ def train_one_epoch(
     progress: bool = True,
     desc: str = "train",
     on_step: Callable[[int, Output], None] | None = None,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """One pass over ``loader`` (or ``max_steps`` batches) in training mode, one :func:`train_step` a batch.
 
@@ -183,6 +215,7 @@ def train_one_epoch(
 
     Args:
         on_step: called after every step with the step index and :func:`train_step`'s output.
+        precision: ``"fp32"`` or ``"bf16"`` (autocast; see :func:`autocast`).
 
     Raises:
         DivergedError: a step's loss or gradients were NaN or infinite (checked on the device and
@@ -207,7 +240,7 @@ def train_one_epoch(
         if max_steps is not None and step >= max_steps:
             break
         x, y = to_model(x, y, model)
-        out = train_step(model, x, y, optimizer, scheduler, loss_fn)
+        out = train_step(model, x, y, optimizer, scheduler, loss_fn, precision)
         bad = ~finite_step(out["loss"], optimizer).to(device)
         first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
         if (step + 1) % CHECK_EVERY == 0:
@@ -215,7 +248,7 @@ def train_one_epoch(
         # Accumulate on the device: a .item() per step would be a host-device sync point.
         for key, value in out.items():
             if key != "output" and value.dim() == 0:
-                sums[key] = sums.get(key, 0) + value.detach() * len(y)
+                sums[key] = sums.get(key, 0) + value.detach().float() * len(y)
         correct += (out["output"].detach().argmax(1) == y).sum()
         seen += len(y)
         if on_step is not None:

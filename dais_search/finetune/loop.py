@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..budget import KD_MODES
+from ..budget import KD_MODES, PRECISIONS
 from ..channels import ChannelPlan
 from ..cost import count_flops, count_params
-from ..train import check_finite_model, cosine_schedule, evaluate, make_sgd, train_one_epoch
+from ..train import check_finite_model, cosine_schedule, evaluate, make_sgd, set_channels_last, train_one_epoch
 from .distill import DistillTask, resolve_layers
 from .overparam import expand, fold
 
@@ -48,10 +48,14 @@ class FinetuneConfig:
     temperature: float = 4.0
     max_steps: int = 0  # per epoch; 0: all
     seed: int = 0
+    precision: str = "fp32"  # "bf16": autocast of the forward passes (weights stay float32; the fold is exact)
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.kd not in KD_MODES:
             raise ValueError(f"kd must be one of {', '.join(KD_MODES)}, got {self.kd!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.overparam < 0 or self.epochs < 1 or self.lr <= 0:
             raise ValueError("overparam must be >= 0, epochs >= 1 and lr > 0")
 
@@ -129,6 +133,8 @@ def finetune(
     torch.manual_seed(config.seed)
     pruned_flops = count_flops(pruned, input_shape)
     model = expand(pruned, config.overparam, seed=config.seed) if config.overparam else copy.deepcopy(pruned)
+    if config.channels_last:
+        set_channels_last(model)
     sp = config.sp_weight if "sp" in config.kd else 0.0
     logit = config.logit_weight if "logit" in config.kd else 0.0
     task = DistillTask(model, teacher, distill_layers(teacher, config), sp, logit, config.temperature)
@@ -139,7 +145,8 @@ def finetune(
     start = time.perf_counter()
     for epoch in range(config.epochs):
         stats = train_one_epoch(task, train_loader, optimizer, scheduler, _distill_step, config.max_steps or None,
-                                progress, f"fine-tune {epoch + 1}/{config.epochs}")  # fmt: skip
+                                progress, f"fine-tune {epoch + 1}/{config.epochs}",
+                                precision=config.precision)  # fmt: skip
         stats = {k: stats[k] for k in ("loss", "task_loss", "kd_loss", "top1", "seconds")}
         if test_loader is not None:
             stats["test_top1_folded"] = evaluate(fold(model), test_loader, progress=False)["top1"]
@@ -148,6 +155,7 @@ def finetune(
         log.info("fine-tune epoch %d/%d: %s", epoch + 1, config.epochs,
                  ", ".join(f"{k} {v:.4g}" for k, v in stats.items()))  # fmt: skip
     task.remove_hooks()
+    set_channels_last(model, False)  # the folded, exported weights in the default memory format
     model.eval()
     folded = fold(model).eval()
     x = torch.randn(4, *input_shape[1:], device=next(model.parameters()).device)

@@ -38,7 +38,16 @@ from tqdm.auto import tqdm
 from ..budget import Budget
 from ..channels import ChannelGraph, ChannelPlan, FlopsModel, trace_channels
 from ..errors import DivergedError
-from ..train import classification_loss, cosine_schedule, finite_step, make_sgd, to_model, train_step
+from ..train import (
+    autocast,
+    classification_loss,
+    cosine_schedule,
+    finite_step,
+    make_sgd,
+    set_channels_last,
+    to_model,
+    train_step,
+)
 from .gates import ChannelGates, attach_gates
 from .importance import log_importance
 from .repair import check_feasible, repair, whole_units
@@ -72,6 +81,8 @@ class Searcher:
         self.model, self.budget = model, budget
         self.input_shape = tuple(example_input.shape)
         spec = budget.search
+        if spec.channels_last:
+            set_channels_last(model)
         self.graph: ChannelGraph = trace_channels(model, example_input, budget.budget.ignore)
         self.flops_model = FlopsModel(self.graph, model, example_input)
         self.groups = self.flops_model.groups
@@ -133,7 +144,7 @@ class Searcher:
                 self._weight_masks = self.gates()
         self.gates.fixed_masks = self._weight_masks
         try:
-            out = train_step(self.gated, x, y, self.w_opt, self.w_sched)
+            out = train_step(self.gated, x, y, self.w_opt, self.w_sched, precision=self.budget.search.precision)
         finally:
             self.gates.fixed_masks = None
         if not bool(finite_step(out["loss"], self.w_opt)):
@@ -160,7 +171,9 @@ class Searcher:
         self.gated.train()
         x, y = to_model(x, y, self.model)
         masks = self.gates()
-        task, out = classification_loss(self._forward_with(x, masks), y)
+        with autocast(x.device, self.budget.search.precision):
+            task, out = classification_loss(self._forward_with(x, masks), y)
+        task = task.float()
         penalty, r, rp = self.budget_terms(masks)
         loss = task + penalty.to(task.dtype)
         self.g_opt.zero_grad(set_to_none=True)
