@@ -88,6 +88,7 @@ class SearchSpec:
     rho: float = 1.0
     gate_every: int = 0  # weight steps per gate step; 0: len(train split) / len(held-out split)
     max_steps: int = 0  # weight steps per epoch; 0: the whole train split
+    checkpoint_every: int = 100  # steps between mid-epoch saves of the search state; 0: at the end of epochs only
     recalibrate_batches: int = 50
     seed: int = 0
     precision: str = "fp32"  # "bf16": autocast of the forward passes (weights and gates stay float32)
@@ -268,8 +269,9 @@ def check_budget(budget: Budget) -> Budget:
         raise UserError(f"{where}: search.epochs must be at least 1")
     if not 0 <= search.warmup < 1:
         raise UserError(f"{where}: search.warmup = {search.warmup}; give a fraction of the search in [0, 1)")
-    if search.gate_every < 0 or search.max_steps < 0:
-        raise UserError(f"{where}: search.gate_every and search.max_steps must be >= 0 (0: automatic)")
+    if search.gate_every < 0 or search.max_steps < 0 or search.checkpoint_every < 0:
+        raise UserError(f"{where}: search.gate_every, search.max_steps and search.checkpoint_every must be >= 0 "
+                        "(0: automatic / whole epochs)")  # fmt: skip
     for key in ("weight_lr", "gate_lr", "rho"):
         if getattr(search, key) <= 0:
             raise UserError(f"{where}: search.{key} must be positive")

@@ -13,11 +13,17 @@ Foreign checkpoints are read too: a bare state dict, or a dict with ``state_dict
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import random
+import signal
+import threading
 import zipfile
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,10 +32,13 @@ from .files import atomic_torch_save
 from .models import create_model
 
 __all__ = [
+    "get_rng_state",
     "load_checkpoint",
     "load_state_dict_strict",
     "model_from_checkpoint",
     "save_checkpoint",
+    "set_rng_state",
+    "stop_requests",
 ]
 
 FORMAT = "dais_search.checkpoint"
@@ -178,3 +187,47 @@ def _infer_num_classes(state: dict[str, torch.Tensor]) -> int | None:
     # The last 1-D tensor named like a classifier bias gives the class count of foreign checkpoints.
     biases = [v for k, v in state.items() if k.endswith("bias") and v.ndim == 1]
     return int(biases[-1].shape[0]) if biases else None
+
+
+# -- resuming exactly ------------------------------------------------------------------------------
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Every random number generator a run draws from: torch (CPU and each CUDA device), NumPy, Python."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Puts back what :func:`get_rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[Callable[[], bool]]:
+    """While open, SIGTERM and SIGINT (Ctrl-C) do not kill the process but set a flag, which the
+    yielded function reads: a training loop checks it after each step, saves its state and stops
+    with a hint to resume. A second Ctrl-C interrupts at once. Outside the main thread it does
+    nothing (signals can only be handled there)."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested.is_set
+        return
+
+    def handle(signum, frame) -> None:
+        if requested.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        requested.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield requested.is_set
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -89,7 +89,7 @@ def test_a_diverging_search_stops_and_keeps_the_last_good_state(tmp_path):
             ds.search(model, budget, batches, batches[:2], torch.zeros(1, 3, 16, 16), state_path=state,
                       progress=False)  # fmt: skip
     text = str(caught.value)
-    assert "search:" in text and "(epoch 2/2)" in text and f"the last good state is {state} (epoch 1)" in text
+    assert "search:" in text and "(epoch 2/2)" in text and f"the last good state is {state} (after epoch 1)" in text
     saved = torch.load(state, weights_only=False)
     assert saved["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())

@@ -4,6 +4,7 @@ checks, the output folder of a budget job, and the search data of a budget."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import sys
@@ -28,7 +29,7 @@ from ..train import evaluate
 
 __all__ = ["BudgetInputs", "check_budget_inputs", "check_data_fits", "check_nonempty", "load_budget_inputs",
            "load_dense", "model_of_checkpoint", "model_outputs", "prepare_out", "resolve_device",
-           "start_out_dir"]  # fmt: skip
+           "check_resume_settings", "start_out_dir"]  # fmt: skip
 
 
 def resolve_device(name: str) -> torch.device:
@@ -219,3 +220,32 @@ def prepare_out(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | Non
         raise UserError(f"{flag} {folder} is not empty ({shown}); choose a new or empty folder"
                         + (" or pass --resume to continue what is there" if flag == "--out" else ""))  # fmt: skip
     return folder
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def check_resume_settings(config_path: Path, budget: Budget, safe: Iterable[str]) -> None:
+    """Refuses to resume with settings other than the saved run's (``config.json``), naming the keys;
+    changes to ``safe`` keys are allowed and recorded in ``config.json`` under ``resumed_with``."""
+    if not config_path.is_file():
+        return
+    config = json.loads(config_path.read_text())
+    saved, now = _flat(config.get("budget", {})), _flat(budget.to_dict())
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    unsafe = [k for k in changed if k not in set(safe)]
+    if unsafe:
+        shown = "; ".join(f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in unsafe[:5])
+        raise UserError(f"--resume with other settings than the run in {config_path.parent} was started with "
+                        f"({shown}); resume with the same budget and overrides, or start a new --out. Only "
+                        f"{', '.join(safe)} may change on resume")  # fmt: skip
+    if changed:
+        config.setdefault("resumed_with", []).append({k: now.get(k) for k in changed})
+        write_json(config_path, config)

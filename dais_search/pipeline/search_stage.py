@@ -23,9 +23,13 @@ from ..files import write_json
 from ..report import format_table
 from ..search import search, uniform_plan
 from ..train import recalibrate_bn
-from .common import check_budget_inputs, load_budget_inputs, prepare_out, start_out_dir
+from .common import check_budget_inputs, check_resume_settings, load_budget_inputs, prepare_out, start_out_dir
 
-__all__ = ["run_search"]
+__all__ = ["SAFE_TO_CHANGE", "run_search"]
+
+# Settings a resumed search may change: more epochs (the schedule is stretched from where it is), how
+# often it saves, and the loader processes. Anything else would make it a different search.
+SAFE_TO_CHANGE = ("search.epochs", "search.checkpoint_every", "data.workers")
 
 
 def run_search(budget: Budget, budget_path: str, out: str, resume: bool = False, device: str = "cpu",
@@ -37,6 +41,8 @@ def run_search(budget: Budget, budget_path: str, out: str, resume: bool = False,
     if resume and not state_path.is_file():
         raise UserError(f"--resume: {out_dir} holds no search state (state.pt); start without --resume")
     prepare_out(out_dir, [budget_path, budget.model.checkpoint], resume, ours=("budget.toml", "config.json"))
+    if resume:
+        check_resume_settings(out_dir / "config.json", budget, SAFE_TO_CHANGE)
     start_out_dir(out_dir, budget, budget_path, resume, device, overrides)
     torch.manual_seed(budget.search.seed)
     inputs = load_budget_inputs(budget, device)

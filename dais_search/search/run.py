@@ -27,12 +27,13 @@ from torch import nn
 
 from ..budget import Budget, check_budget
 from ..channels import ChannelPlan
+from ..checkpoint import get_rng_state, set_rng_state, stop_requests
 from ..errors import DivergedError, UserError
 from ..files import atomic_torch_save
 from ..monitor import MetricWriter, indicator_heatmap
 from ..train import as_input, recalibrate_bn, time_train_steps
 from .schedules import get_schedule
-from .searcher import Searcher
+from .searcher import Searcher, SearchInterrupted
 
 __all__ = ["SearchResult", "search"]
 
@@ -85,7 +86,10 @@ def search(
         example_input: an input of the shape the budget is measured at (batch 1).
         log_dir: write TensorBoard events there (temperature, FLOPs / target, multiplier, losses,
             binarisation gap, keep ratios, mask histograms and images, the final plan).
-        state_path: save the search state there after every epoch; with ``resume`` continue from it.
+        state_path: save the search state there after every epoch and every ``search.checkpoint_every``
+            weight steps (and on SIGTERM / SIGINT, which then stop the search with a hint to resume);
+            with ``resume`` continue from it exactly (mid-epoch too: model, optimizers, gates,
+            multipliers, RNG states and the loaders' position).
         progress: show progress bars.
 
     Returns:
@@ -107,44 +111,67 @@ def search(
     searcher = Searcher(model, budget, example_input, steps)
 
     history: list[dict[str, Any]] = []
-    start_epoch = 0
+    start_epoch, position = 0, None
     if resume:
         state = torch.load(state_path, map_location=example_input.device, weights_only=False)
         model.load_state_dict(state["model"])
         searcher.load_state_dict(state["searcher"])
-        start_epoch, history = state["epoch"], state["history"]
-        # Our BatchLoader counts passes: put it where an uninterrupted run would be, so that it
-        # shuffles the same (the held-out split is passed over again when gate_every asks for
-        # more gate steps than it has batches).
-        held_passes = max(1, math.ceil((steps // gate_every) / max(1, len(held_out_loader))))
-        for loader, passes in ((train_loader, 1), (held_out_loader, held_passes)):
-            if hasattr(loader, "epoch"):
-                loader.epoch = start_epoch * passes
+        start_epoch, history, position = state["epoch"], state["history"], state.get("position")
+        if "rng" in state:
+            set_rng_state(state["rng"])
+    # Our BatchLoader counts passes: put it where an uninterrupted run would be at the start of the
+    # epoch, so that it shuffles and augments the same (the held-out split is passed over again when
+    # gate_every asks for more gate steps than it has batches); a mid-epoch resume then replays the
+    # batches already done without computing on them.
+    held_passes = max(1, math.ceil((steps // gate_every) / max(1, len(held_out_loader))))
+    for loader, passes in ((train_loader, 1), (held_out_loader, held_passes)):
+        if resume and hasattr(loader, "epoch"):
+            loader.epoch = start_epoch * passes
+
+    last_saved: list[str] = []  # where the state on disk stands, for messages
+    if resume:
+        last_saved.append(f"epoch {start_epoch + 1}, after step {position['step']}" if position
+                          else f"after epoch {start_epoch}")  # fmt: skip
+
+    def save(epoch_done: int, position: dict | None = None) -> None:
+        if state_path is not None:
+            last_saved[:] = [f"epoch {epoch_done + 1}, after step {position['step']}" if position
+                             else f"after epoch {epoch_done}"]  # fmt: skip
+            state = {"model": model.state_dict(), "searcher": searcher.state_dict(), "epoch": epoch_done,
+                     "position": position, "history": history, "rng": get_rng_state()}
+            atomic_torch_save(state, state_path)
 
     writer = MetricWriter(log_dir) if log_dir is not None else None
     on_gate_step = _gate_step_logger(writer) if writer is not None else None
-    for epoch in range(start_epoch, spec.epochs):
-        try:
-            stats = searcher.run_epoch(epoch, train_loader, held_out_loader, gate_every, spec.max_steps, progress,
-                                       on_gate_step)  # fmt: skip
-        except DivergedError as exc:
-            last = (f"the last good state is {state_path} (epoch {epoch})" if epoch and state_path is not None
-                    else "no search state was written")  # fmt: skip
-            raise DivergedError(f"{exc} (epoch {epoch + 1}/{spec.epochs}); {last}. Lower search.weight_lr or "
-                                "search.gate_lr and search again") from None  # fmt: skip
-        masks = [m.detach() for m in searcher.gates()]
-        stats["binarization_gap"] = searcher.gates.binarization_gap(masks)
-        stats["flops_ratio"] = (
-            float(searcher.flops_model.flops(searcher.gates.expected_width(masks))) / searcher.flops_target
-        )
-        history.append(stats)
-        if writer is not None:
-            _log_epoch(writer, searcher, stats, masks)
-        if state_path is not None:
-            atomic_torch_save({"model": model.state_dict(), "searcher": searcher.state_dict(), "epoch": epoch + 1,
-                               "history": history}, state_path)  # fmt: skip
-        log.info("search epoch %d/%d: %s", epoch + 1, spec.epochs,
-                 ", ".join(f"{k} {v:.4g}" for k, v in stats.items() if isinstance(v, float)))  # fmt: skip
+    with stop_requests() as stop:
+        for epoch in range(start_epoch, spec.epochs):
+            start_step, totals = (position["step"], position["totals"]) if position else (0, None)
+            position = None
+            try:
+                stats = searcher.run_epoch(epoch, train_loader, held_out_loader, gate_every, spec.max_steps, progress,
+                                           on_gate_step, start_step, totals,
+                                           lambda step, totals, e=epoch: save(e, {"step": step, "totals": totals}),
+                                           spec.checkpoint_every if state_path is not None else 0, stop)  # fmt: skip
+            except DivergedError as exc:
+                last = (f"the last good state is {state_path} ({last_saved[0]})" if last_saved
+                        else "no search state was written")  # fmt: skip
+                raise DivergedError(f"{exc} (epoch {epoch + 1}/{spec.epochs}); {last}. Lower search.weight_lr or "
+                                    "search.gate_lr and search again") from None  # fmt: skip
+            except SearchInterrupted as exc:
+                raise _interrupted(exc.epoch, exc.step, state_path) from None
+            masks = [m.detach() for m in searcher.gates()]
+            stats["binarization_gap"] = searcher.gates.binarization_gap(masks)
+            stats["flops_ratio"] = (
+                float(searcher.flops_model.flops(searcher.gates.expected_width(masks))) / searcher.flops_target
+            )
+            history.append(stats)
+            if writer is not None:
+                _log_epoch(writer, searcher, stats, masks)
+            save(epoch + 1)
+            log.info("search epoch %d/%d: %s", epoch + 1, spec.epochs,
+                     ", ".join(f"{k} {v:.4g}" for k, v in stats.items() if isinstance(v, float)))  # fmt: skip
+            if stop() and epoch + 1 < spec.epochs:
+                raise _interrupted(epoch + 1, 0, state_path)
 
     plan = searcher.binarize()
     pruned = recalibrate_bn(plan.apply(model), train_loader, spec.recalibrate_batches)
@@ -171,6 +198,14 @@ def search(
         "history": history,
     }
     return SearchResult(plan, pruned, metrics)
+
+
+def _interrupted(epoch: int, step: int, state_path) -> UserError:
+    where = f"epoch {epoch + 1}, after step {step}" if step else f"after epoch {epoch}"
+    if state_path is None:
+        return UserError(f"search interrupted ({where}); no state_path was given, so nothing was saved")
+    return UserError(f"search interrupted ({where}); its state is saved in {state_path}: continue it with "
+                     "--resume (the same command, plus --resume)")
 
 
 def _plan_text(plan: ChannelPlan, limit: int = 60_000) -> str:

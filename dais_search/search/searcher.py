@@ -53,7 +53,7 @@ from .importance import log_importance
 from .repair import check_feasible, repair, whole_units
 from .schedules import temperature_at
 
-__all__ = ["Searcher", "StepStats"]
+__all__ = ["SearchInterrupted", "Searcher", "StepStats"]
 
 log = logging.getLogger("dais_search")
 
@@ -201,26 +201,37 @@ class Searcher:
 
     # -- an epoch -------------------------------------------------------------------------------
     def run_epoch(self, epoch: int, train_loader: Iterable, val_loader: Iterable, gate_every: int,
-                  max_steps: int = 0, progress: bool = True, on_step=None) -> dict[str, float]:  # fmt: skip
-        """One pass over the train split with a gate step every ``gate_every`` weight steps."""
+                  max_steps: int = 0, progress: bool = True, on_step=None, start_step: int = 0,
+                  totals: dict | None = None, checkpoint=None, checkpoint_every: int = 0,
+                  should_stop=None) -> dict[str, float]:  # fmt: skip
+        """One pass over the train split with a gate step every ``gate_every`` weight steps.
+
+        Resuming mid-epoch: the batches before ``start_step`` are drawn from both loaders again (so
+        that shuffling and augmentation continue exactly where they stopped) but not computed on, and
+        ``totals`` (from a checkpoint) carries the pass's running sums. ``checkpoint(step, totals)`` is
+        called every ``checkpoint_every`` steps and, when ``should_stop()`` turns true (a signal), once
+        more before :class:`SearchInterrupted` is raised.
+        """
         spec = self.budget.search
         steps = len(train_loader) if not max_steps else min(max_steps, len(train_loader))
         val_iter = iter(val_loader)
-        totals = {
-            "loss": 0.0,
-            "correct": 0,
-            "seen": 0,
-            "val_loss": 0.0,
-            "val_correct": 0,
-            "val_seen": 0,
-            "gate_steps": 0,
-        }
-        start = time.perf_counter()
-        bar = tqdm(total=steps, desc=f"search {epoch + 1}/{spec.epochs}", leave=False, disable=not progress,
-                   dynamic_ncols=True)  # fmt: skip
+        zero = {"loss": 0.0, "correct": 0, "seen": 0, "val_loss": 0.0, "val_correct": 0, "val_seen": 0,
+                "gate_steps": 0, "seconds": 0.0}  # fmt: skip
+        totals = dict(totals) if totals else zero
+        start = time.perf_counter() - totals["seconds"]
+        bar = tqdm(total=steps, initial=start_step, desc=f"search {epoch + 1}/{spec.epochs}", leave=False,
+                   disable=not progress, dynamic_ncols=True)  # fmt: skip
         for i, (x, y) in enumerate(train_loader):
             if i >= steps:
                 break
+            gate_now = (i + 1) % gate_every == 0
+            if gate_now:
+                batch = next(val_iter, None)
+                if batch is None:  # more gate steps than held-out batches: another pass
+                    val_iter = iter(val_loader)
+                    batch = next(val_iter, None)
+            if i < start_step:  # done before the interruption: only the loaders move on
+                continue
             t = self.set_progress((epoch * steps + i) / max(1, spec.epochs * steps - 1))
             if spec.train_weights:
                 s = self.weight_step(x, y)
@@ -229,24 +240,27 @@ class Searcher:
                 totals["seen"] += s.seen
             else:  # the weights stay the teacher's: the train split only paces the schedule
                 self.step += 1
-            if (i + 1) % gate_every == 0:
-                batch = next(val_iter, None)
-                if batch is None:  # more gate steps than held-out batches: another pass
-                    val_iter = iter(val_loader)
-                    batch = next(val_iter, None)
-                if batch is not None:
-                    g = self.gate_step(*batch)
-                    totals["val_loss"] += g["val_loss"] * g["val_seen"]
-                    totals["val_correct"] += g["val_correct"]
-                    totals["val_seen"] += g["val_seen"]
-                    totals["gate_steps"] += 1
-                    if on_step is not None:
-                        on_step(self, g, t)
+            if gate_now and batch is not None:
+                g = self.gate_step(*batch)
+                totals["val_loss"] += g["val_loss"] * g["val_seen"]
+                totals["val_correct"] += g["val_correct"]
+                totals["val_seen"] += g["val_seen"]
+                totals["gate_steps"] += 1
+                if on_step is not None:
+                    on_step(self, g, t)
             bar.update(1)
             if progress and i % 20 == 0:
                 with torch.no_grad():
                     ratio = float(self.flops_model.flops(self.gates.expected_width())) / self.flops_target
                 bar.set_postfix(T=f"{t:.3g}", flops=f"{ratio:.3f}", lam=f"{self.lam:.2f}")
+            if i + 1 < steps:  # the end of the epoch is saved by the caller
+                stop = should_stop is not None and should_stop()
+                due = checkpoint_every and (i + 1) % checkpoint_every == 0
+                if checkpoint is not None and (stop or due):
+                    checkpoint(i + 1, totals | {"seconds": time.perf_counter() - start})
+                if stop:
+                    bar.close()
+                    raise SearchInterrupted(epoch, i + 1)
         bar.close()
         seen, vseen = max(totals["seen"], 1), max(totals["val_seen"], 1)
         stats = {"epoch": epoch + 1, "seconds": time.perf_counter() - start}
@@ -283,6 +297,7 @@ class Searcher:
         return {
             "gates": self.gates.state_dict(), "w_opt": self.w_opt.state_dict(), "w_sched": self.w_sched.state_dict(),
             "g_opt": self.g_opt.state_dict(), "lam": self.lam, "lam_params": self.lam_params, "step": self.step,
+            "weight_masks": self._weight_masks,  # cached at the last gate step's temperature: part of the state
         }  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
@@ -291,7 +306,15 @@ class Searcher:
         self.w_sched.load_state_dict(state["w_sched"])
         self.g_opt.load_state_dict(state["g_opt"])
         self.lam, self.lam_params, self.step = state["lam"], state["lam_params"], state["step"]
-        self._weight_masks = None
+        self._weight_masks = state.get("weight_masks")
+
+
+class SearchInterrupted(Exception):
+    """Raised by :meth:`Searcher.run_epoch` after a stop request (SIGTERM/SIGINT), once its state is saved."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        super().__init__(f"interrupted in epoch {epoch + 1} after step {step}")
+        self.epoch, self.step = epoch, step
 
 
 def _toml(value) -> str:

@@ -88,3 +88,20 @@ def test_search_errors_before_work(tmp_path, capsys, argv, needle):
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
     assert not (tmp_path / "run" / "state.pt").exists()  # refused before the first epoch
+
+
+def test_resume_with_other_settings_is_refused_naming_them(tmp_path, capsys):
+    budget = _write_budget(tmp_path / "b.toml")
+    out = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["search", str(budget), "--out", str(out), "--no-progress"]) == 0
+        capsys.readouterr()
+        argv = ["search", str(budget), "--out", str(out), "--resume", "--no-progress"]
+        assert main([*argv, "--set", "search.gate_lr=0.2", "--set", "budget.flops=40%"]) == 2
+        err = capsys.readouterr().err
+        assert "budget.flops: '50%' then, '40%' now" in err and "search.gate_lr: 0.1 then, 0.2 now" in err
+        # More epochs may change: applied and recorded.
+        assert main([*argv, "--epochs", "2"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["resumed_with"] == [{"search.epochs": 2}]
