@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if not (bundle / "metrics.json").is_file():
                 argv_ft = ["finetune", "--plan", args.plan, "--checkpoint", args.checkpoint, "--data", args.data,
                            "--epochs", str(args.epochs), "--seed", str(seed), "--out", str(bundle), "--no-progress",
-                           *shlex.split(extra)]  # fmt: skip
+                           *shlex.split(extra), *(["--resume"] if (bundle / "state.pt").is_file() else [])]  # fmt: skip
                 print(f"== {name}, seed {seed}: dais-search {shlex.join(argv_ft[1:])}", flush=True)
                 if cli_main(argv_ft) != 0:
                     sys.exit(f"variant {name!r} failed")

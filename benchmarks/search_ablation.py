@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     def finetune(plan: Path, epochs: int, folder: Path) -> dict:
         if not (folder / "metrics.json").is_file():
-            run(["finetune", "--plan", str(plan), "--epochs", str(epochs), "--out", str(folder), *ft_args])
+            resume = ["--resume"] if (folder / "state.pt").is_file() else []
+            run(["finetune", "--plan", str(plan), "--epochs", str(epochs), "--out", str(folder), *ft_args, *resume])
         return json.loads((folder / "metrics.json").read_text())
 
     rows = []

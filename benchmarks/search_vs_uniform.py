@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not (bundle / "metrics.json").is_file():
             run(["finetune", "--plan", str(plan), "--checkpoint", budget.model.checkpoint, "--data",
                  budget.data.dataset, "--epochs", str(epochs), "--seed", str(args.seed), "--out", str(bundle),
-                 "--no-progress"])  # fmt: skip
+                 "--no-progress", *(["--resume"] if (bundle / "state.pt").is_file() else [])])  # fmt: skip
         m = json.loads((bundle / "metrics.json").read_text())
         plan_data = json.loads(Path(plan).read_text())
         before = found["pruned_test_top1"] if folder == "searched" else found["uniform_l1"]["test_top1"]

@@ -182,8 +182,8 @@ class Runner:
             _cli(["finetune", "--plan", str(plan_dir / "plan.json"), "--checkpoint", budget.model.checkpoint,
                   "--data", budget.data.dataset, "--epochs", str(epochs), "--seed", str(seed), "--out", str(out),
                   "--lr", str(ft.lr), "--batch-size", str(budget.data.batch_size), "--normalize",
-                  budget.data.normalize, "--no-progress", *recipe,
-                  *self.suite.finetune_args])  # fmt: skip
+                  budget.data.normalize, "--no-progress", *recipe, *self.suite.finetune_args,
+                  *(["--resume"] if (out / "state.pt").is_file() else [])])  # fmt: skip
         return json.loads((out / "metrics.json").read_text())
 
     def latency(self, label: str, seed: int, method: str) -> dict:

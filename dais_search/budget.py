@@ -115,6 +115,7 @@ class FinetuneSpec:
     max_steps: int = 0  # per epoch; 0: all training images
     precision: str = "fp32"  # "bf16": autocast of the fine-tune's forward passes
     channels_last: bool = False
+    checkpoint_every: int = 200  # steps between saves of the fine-tune state (bundle/state.pt)
 
 
 @dataclass(frozen=True)

@@ -356,6 +356,10 @@ def finetune_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: autocast the forward passes to bfloat16 (weights stay float32; default fp32)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format for the convolutions")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the fine-tune whose state (state.pt) is in --out, exactly where it stopped")
+    p.add_argument("--checkpoint-every", type=int, default=200,
+                   help="steps between saves of the fine-tune state to --out/state.pt (default: 200)")  # fmt: skip
     _add_data_args(p)
     _add_run_args(p)
     return p
@@ -363,7 +367,9 @@ def finetune_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     check_data_spec(args.data)
-    prepare_out(args.out, [args.plan, args.checkpoint, args.student])
+    prepare_out(args.out, [args.plan, args.checkpoint, args.student], args.resume)
+    if args.resume and not (Path(args.out) / "state.pt").is_file():
+        raise UserError(f"--resume: {args.out} holds no fine-tune state (state.pt); start without --resume")
     plan = ChannelPlan.load(args.plan)
     name = args.model or plan.meta.get("model")
     if not name:
@@ -377,7 +383,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         config = FinetuneConfig(args.epochs, args.lr, overparam=args.overparam, kd=args.kd, kd_layers=args.kd_layers,
                                 sp_weight=args.sp_weight, logit_weight=args.logit_weight, temperature=args.temperature,
                                 max_steps=args.max_steps, seed=args.seed, precision=args.precision,
-                                channels_last=args.channels_last)  # fmt: skip
+                                channels_last=args.channels_last, checkpoint_every=args.checkpoint_every)  # fmt: skip
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     device = resolve_device(args.device)
@@ -401,7 +407,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     num_classes = plan.meta.get("num_classes") or splits.num_classes
     metrics = finetune_plan(plan, teacher, student, splits, config, args.out, name, num_classes, normalize,
                             args.batch_size, args.workers, str(budget) if budget.is_file() else None,
-                            not args.no_progress)  # fmt: skip
+                            not args.no_progress, args.resume)  # fmt: skip
     rows = [
         [h["epoch"], f"{h['loss']:.4f}", f"{h['kd_loss']:.4f}", f"{h['top1']:.2f}", f"{h['test_top1_folded']:.2f}",
          f"{h['seconds']:.0f}"]

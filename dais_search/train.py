@@ -207,6 +207,7 @@ def train_one_epoch(
     desc: str = "train",
     on_step: Callable[[int, Output], None] | None = None,
     precision: str = "fp32",
+    start_step: int = 0,
 ) -> dict[str, float]:
     """One pass over ``loader`` (or ``max_steps`` batches) in training mode, one :func:`train_step` a batch.
 
@@ -216,6 +217,8 @@ def train_one_epoch(
     Args:
         on_step: called after every step with the step index and :func:`train_step`'s output.
         precision: ``"fp32"`` or ``"bf16"`` (autocast; see :func:`autocast`).
+        start_step: resume the pass here: earlier batches are drawn (so that a seeded loader stays in
+            step) but not trained on; the returned averages cover the steps from here on.
 
     Raises:
         DivergedError: a step's loss or gradients were NaN or infinite (checked on the device and
@@ -239,6 +242,8 @@ def train_one_epoch(
     for step, (x, y) in enumerate(bar):
         if max_steps is not None and step >= max_steps:
             break
+        if step < start_step:  # resuming mid-pass: the loader replays the batches done, nothing is computed
+            continue
         x, y = to_model(x, y, model)
         out = train_step(model, x, y, optimizer, scheduler, loss_fn, precision)
         bad = ~finite_step(out["loss"], optimizer).to(device)

@@ -55,7 +55,7 @@ BASE = {"version": 1, "model": {"name": "resnet20"}}
         ({"model": {}}, "model.name is required"),
         ({"data": {"batch_size": 0}}, "batch_size"),
         ({"search": {"warmup": 1.0}}, "search.warmup = 1.0; give a fraction"),
-        ({"search": {"gate_every": -1}}, "gate_every and search.max_steps must be >= 0"),
+        ({"search": {"gate_every": -1}}, "search.max_steps and search.checkpoint_every must be >= 0"),
         ({"data": {"augment": "no"}}, "data.augment = .no. should be a bool"),
     ],
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,14 +23,33 @@ from torch import nn
 
 from ..budget import KD_MODES, PRECISIONS
 from ..channels import ChannelPlan
+from ..checkpoint import get_rng_state, set_rng_state, stop_requests
 from ..cost import count_flops, count_params
-from ..train import check_finite_model, cosine_schedule, evaluate, make_sgd, set_channels_last, train_one_epoch
+from ..errors import UserError
+from ..files import atomic_torch_save
+from ..train import (
+    check_finite_model,
+    cosine_schedule,
+    device_of,
+    evaluate,
+    make_sgd,
+    set_channels_last,
+    train_one_epoch,
+)
 from .distill import DistillTask, resolve_layers
 from .overparam import expand, fold
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "distill_layers", "finetune"]
 
 log = logging.getLogger("dais_search")
+
+
+class FinetuneInterrupted(Exception):
+    """Raised inside the epoch loop after a stop request (SIGTERM/SIGINT), once the state is saved."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        super().__init__(f"interrupted in epoch {epoch + 1} after step {step}")
+        self.epoch, self.step = epoch, step
 
 
 @dataclass(frozen=True)
@@ -48,12 +68,15 @@ class FinetuneConfig:
     temperature: float = 4.0
     max_steps: int = 0  # per epoch; 0: all
     seed: int = 0
+    checkpoint_every: int = 200  # steps between saves of the fine-tune state (when finetune gets a state_path)
     precision: str = "fp32"  # "bf16": autocast of the forward passes (weights stay float32; the fold is exact)
     channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.kd not in KD_MODES:
             raise ValueError(f"kd must be one of {', '.join(KD_MODES)}, got {self.kd!r}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.overparam < 0 or self.epochs < 1 or self.lr <= 0:
@@ -103,6 +126,8 @@ def finetune(
     input_shape: Sequence[int] | None = None,
     test_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
     progress: bool = True,
+    state_path: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> FinetuneResult:
     """Fine-tunes a pruned model with LOP and distillation from ``teacher``, then folds it exactly.
 
@@ -122,6 +147,10 @@ def finetune(
         input_shape: the shape FLOPs are counted at (batch 1) when no plan is given.
         test_loader: evaluate the folded model on it after every epoch and at the end.
         progress: show progress bars.
+        state_path: save the fine-tune state there (expanded model, optimizer, schedule, history,
+            RNG states, position) every ``config.checkpoint_every`` steps, after every epoch and on
+            SIGTERM / SIGINT (which then stop with a hint to resume); with ``resume`` continue from
+            it, to the same weights as an uninterrupted run (our loaders replay their batches).
 
     Returns:
         The folded model and the metrics.
@@ -133,6 +162,9 @@ def finetune(
     torch.manual_seed(config.seed)
     pruned_flops = count_flops(pruned, input_shape)
     model = expand(pruned, config.overparam, seed=config.seed) if config.overparam else copy.deepcopy(pruned)
+    # Every weight of the student trains, whatever the flags it was copied with: a student sliced from a
+    # teacher that an earlier fine-tune froze (DistillTask freezes its teacher) would keep BN frozen.
+    model.requires_grad_(True)
     if config.channels_last:
         set_channels_last(model)
     sp = config.sp_weight if "sp" in config.kd else 0.0
@@ -141,19 +173,58 @@ def finetune(
     optimizer = make_sgd(model, config.lr, config.momentum, config.weight_decay)
     steps = len(train_loader) if not config.max_steps else min(config.max_steps, len(train_loader))
     scheduler = cosine_schedule(optimizer, config.epochs * steps)
-    history = []
-    start = time.perf_counter()
-    for epoch in range(config.epochs):
-        stats = train_one_epoch(task, train_loader, optimizer, scheduler, _distill_step, config.max_steps or None,
-                                progress, f"fine-tune {epoch + 1}/{config.epochs}",
-                                precision=config.precision)  # fmt: skip
-        stats = {k: stats[k] for k in ("loss", "task_loss", "kd_loss", "top1", "seconds")}
-        if test_loader is not None:
-            stats["test_top1_folded"] = evaluate(fold(model), test_loader, progress=False)["top1"]
-        stats["epoch"] = epoch + 1
-        history.append(stats)
-        log.info("fine-tune epoch %d/%d: %s", epoch + 1, config.epochs,
-                 ", ".join(f"{k} {v:.4g}" for k, v in stats.items()))  # fmt: skip
+    history: list[dict] = []
+    start_epoch, start_step, elapsed = 0, 0, 0.0
+    if resume:
+        if state_path is None or not os.path.isfile(state_path):
+            raise UserError(f"resume: no fine-tune state at {state_path}; start without resume")
+        state = torch.load(state_path, map_location=device_of(model), weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, start_epoch, start_step, elapsed = state["history"], state["epoch"], state["step"], state["seconds"]
+        set_rng_state(state["rng"])
+    start = time.perf_counter() - elapsed
+
+    def save(epoch: int, step: int) -> None:
+        if state_path is not None:
+            atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), "history": history, "epoch": epoch, "step": step,
+                               "seconds": time.perf_counter() - start, "rng": get_rng_state()}, state_path)  # fmt: skip
+
+    with stop_requests() as stop:
+        for epoch in range(start_epoch, config.epochs):
+            if hasattr(train_loader, "epoch"):
+                train_loader.epoch = epoch  # our loaders shuffle by pass: where an uninterrupted run is
+
+            def on_step(step: int, out, epoch=epoch) -> None:
+                if step + 1 >= steps:
+                    return  # the end of the epoch is saved below
+                stopping = stop()
+                if stopping or (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0):
+                    save(epoch, step + 1)
+                if stopping:
+                    raise FinetuneInterrupted(epoch, step + 1)
+
+            try:
+                stats = train_one_epoch(task, train_loader, optimizer, scheduler, _distill_step,
+                                        config.max_steps or None, progress, f"fine-tune {epoch + 1}/{config.epochs}",
+                                        on_step if state_path is not None else None, config.precision,
+                                        start_step if epoch == start_epoch else 0)  # fmt: skip
+            except FinetuneInterrupted as exc:
+                raise UserError(f"fine-tune interrupted (epoch {exc.epoch + 1}, after step {exc.step}); its state "
+                                f"is saved in {state_path}: continue with --resume (the same command)") from None
+            stats = {k: stats[k] for k in ("loss", "task_loss", "kd_loss", "top1", "seconds")}
+            if test_loader is not None:
+                stats["test_top1_folded"] = evaluate(fold(model), test_loader, progress=False)["top1"]
+            stats["epoch"] = epoch + 1
+            history.append(stats)
+            save(epoch + 1, 0)
+            log.info("fine-tune epoch %d/%d: %s", epoch + 1, config.epochs,
+                     ", ".join(f"{k} {v:.4g}" for k, v in stats.items()))  # fmt: skip
+            if stop() and epoch + 1 < config.epochs:
+                raise UserError(f"fine-tune interrupted (after epoch {epoch + 1}); its state is saved in "
+                                f"{state_path}: continue with --resume (the same command)")  # fmt: skip
     task.remove_hooks()
     set_channels_last(model, False)  # the folded, exported weights in the default memory format
     model.eval()

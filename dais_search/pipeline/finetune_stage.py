@@ -32,16 +32,21 @@ def student_of(plan: ChannelPlan, teacher: nn.Module, weights: str | os.PathLike
 def finetune_plan(plan: ChannelPlan, teacher: nn.Module, student: nn.Module, splits: DataSplits,
                   config: FinetuneConfig, out: str | Path, model_name: str, num_classes: int, normalize: str,
                   batch_size: int = 128, workers: int = 2, budget_file: str | None = None,
-                  progress: bool = True) -> dict[str, Any]:  # fmt: skip
+                  progress: bool = True, resume: bool = False) -> dict[str, Any]:  # fmt: skip
     """Fine-tunes ``student`` on all training images (BENCH.md: the search's batch size and seed),
-    folds it and exports ``out/``; returns the fine-tune metrics (also in ``out/metrics.json``)."""
+    folds it and exports ``out/``; returns the fine-tune metrics (also in ``out/metrics.json``).
+
+    While it runs, ``out/state.pt`` holds its state (every ``config.checkpoint_every`` steps, each
+    epoch, on SIGTERM / SIGINT); ``resume`` continues from it; it is removed once the bundle is out."""
     image = plan.input_shape[-1]
     train = make_loader(splits.train, batch_size, True, normalize, config.seed, workers, image, True)
     test = make_loader(splits.test, 256, False, normalize, workers=workers, image_size=image)
     try:
-        result = finetune(student, teacher, train, config, plan=plan, test_loader=test, progress=progress)
+        result = finetune(student, teacher, train, config, plan=plan, test_loader=test, progress=progress,
+                          state_path=Path(out) / "state.pt", resume=resume)  # fmt: skip
     except DivergedError as exc:
         raise DivergedError(f"{exc}; no bundle was exported. Lower the fine-tune learning rate and fine-tune "
                             "again") from None  # fmt: skip
     export(result.model, plan, result.metrics, out, model_name, num_classes, normalize, budget_file)
+    (Path(out) / "state.pt").unlink(missing_ok=True)  # the bundle is out: the (large) resume state goes
     return result.metrics

@@ -82,7 +82,8 @@ def run_pipeline(budget: Budget, budget_path: str, out: str, resume: bool = Fals
     else:
         student = student_of(plan, teacher, out_dir / "pruned.pt")
         ft_metrics = finetune_plan(plan, teacher, student, splits, config, bundle, budget.model.name, num_classes,
-                                   dspec.normalize, dspec.batch_size, dspec.workers, budget_path, progress)  # fmt: skip
+                                   dspec.normalize, dspec.batch_size, dspec.workers, budget_path, progress,
+                                   resume and (bundle / "state.pt").is_file())  # fmt: skip
     deployed = plan.apply(teacher)
     deployed.load_state_dict(load_checkpoint(bundle / "model.pt")["state_dict"])
     deployed.eval()
