@@ -339,8 +339,9 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, batches: int) -> nn.Modul
 def time_train_steps(model: nn.Module, loader: Iterable, steps: int, warmup: int = 2) -> float:
     """Seconds per plain training step (CE, SGD) of ``model``, which it trains: pass a copy.
 
-    The first ``warmup`` steps (allocator, kernel selection) are not timed. A step's time runs from
-    the end of the previous step, so it includes fetching the batch.
+    The first ``warmup`` steps (allocator, kernel selection) are not timed, unless the loader has
+    no more than that (then every step is: a time, not 0). A step's time runs from the end of the
+    previous step, so it includes fetching the batch.
     """
     optimizer = make_sgd(model, 0.01)
     ends = [time.perf_counter()]  # ends[i + 1]: when step i finished
@@ -351,5 +352,6 @@ def time_train_steps(model: nn.Module, loader: Iterable, steps: int, warmup: int
         ends.append(time.perf_counter())
 
     train_one_epoch(model, loader, optimizer, max_steps=steps + warmup, progress=False, on_step=lap)
-    timed = ends[min(warmup, len(ends) - 1) :]
+    done = len(ends) - 1
+    timed = ends[warmup:] if done > warmup else ends  # a loader shorter than the warm-up: time every step
     return (timed[-1] - timed[0]) / max(len(timed) - 1, 1)

@@ -95,3 +95,10 @@ def test_recalibration_sees_the_inference_network_not_dropout():
     features = torch.cat([model[0](x) for x, _ in batches])  # what inference feeds the BN: no dropout
     torch.testing.assert_close(model[2].running_mean, features.detach().mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     assert model.training and model[1].training, "the modes are restored"
+
+
+def test_timing_a_loader_shorter_than_the_warm_up_still_measures():
+    """Two batches and a warm-up of two used to give 0 s a step (and a search 'infinitely' slower
+    than a dense epoch)."""
+    assert time_train_steps(_net(), _batches(2), steps=20, warmup=2) > 0
+    assert time_train_steps(_net(), _batches(5), steps=3, warmup=2) > 0
