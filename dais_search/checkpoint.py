@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .distributed import any_true
 from .errors import UserError
 from .files import atomic_torch_save
 from .models import create_model
@@ -214,10 +215,18 @@ def stop_requests() -> Iterator[Callable[[], bool]]:
     """While open, SIGTERM and SIGINT (Ctrl-C) do not kill the process but set a flag, which the
     yielded function reads: a training loop checks it after each step, saves its state and stops
     with a hint to resume. A second Ctrl-C interrupts at once. Outside the main thread it does
-    nothing (signals can only be handled there)."""
+    nothing (signals can only be handled there).
+
+    Under ``torchrun`` the yielded function is a collective: it is true on every process once any
+    process got the signal, so that all stop after the same step (every process must call it
+    equally often, as the training loops do)."""
     requested = threading.Event()
+
+    def agreed() -> bool:
+        return any_true(requested.is_set())
+
     if threading.current_thread() is not threading.main_thread():
-        yield requested.is_set
+        yield agreed
         return
 
     def handle(signum, frame) -> None:
@@ -227,7 +236,7 @@ def stop_requests() -> Iterator[Callable[[], bool]]:
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield requested.is_set
+        yield agreed
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import distributed
 from ._version import __version__
 from .budget import load_budget, parse_override
 from .channels import ChannelPlan
@@ -408,6 +409,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     metrics = finetune_plan(plan, teacher, student, splits, config, args.out, name, num_classes, normalize,
                             args.batch_size, args.workers, str(budget) if budget.is_file() else None,
                             not args.no_progress, args.resume)  # fmt: skip
+    if not distributed.is_main():
+        return 0
     rows = [
         [h["epoch"], f"{h['loss']:.4f}", f"{h['kd_loss']:.4f}", f"{h['top1']:.2f}", f"{h['test_top1_folded']:.2f}",
          f"{h['seconds']:.0f}"]
@@ -448,13 +451,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``dais-search``; returns the exit status (0 ok, 2 for a user error)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     started = time.perf_counter()
     try:
+        if distributed.launched() and hasattr(args, "device"):
+            # torchrun: join the process group before anything looks at --out (see prepare_out)
+            resolve_device(args.device)
+        # Under torchrun rank 0 alone logs progress (and prints reports); the others warn only.
+        logging.basicConfig(level=logging.INFO if distributed.is_main() else logging.WARNING, format="%(message)s")
         status = COMMANDS[args.command][1](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        distributed.shutdown()
     log.debug("%s took %.1f s", args.command, time.perf_counter() - started)
     return status
 

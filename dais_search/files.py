@@ -1,7 +1,8 @@
 """Atomic file writes: readers see the old file or the new one, never a part-written one.
 
 Every file a run writes (checkpoints, plans, metrics, configs) goes through :func:`atomic_write`:
-a temporary file beside the target, flushed and fsynced, then ``os.replace``d over it.
+a temporary file beside the target, flushed and fsynced, then ``os.replace``d over it. Under
+``torchrun`` only rank 0 writes: on the other processes these functions do nothing.
 """
 
 from __future__ import annotations
@@ -14,12 +15,17 @@ from typing import Any, BinaryIO
 
 import torch
 
+from .distributed import is_main
+
 __all__ = ["atomic_torch_save", "atomic_write", "write_json"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Calls ``write(file)`` on a temporary file beside ``path``, fsyncs it and moves it over
-    ``path``; the folder is created if needed. On any error the target is left as it was."""
+    ``path``; the folder is created if needed. On any error the target is left as it was. Only rank 0
+    of a ``torchrun`` job writes (the others return at once)."""
+    if not is_main():
+        return
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .distributed import average_gradients, local
 from .errors import DivergedError
 
 __all__ = [
@@ -155,7 +156,8 @@ def train_step(
     precision: str = "fp32",
 ) -> Output:
     """One optimisation step on one batch: ``loss_fn(model, x, y)`` (under :func:`autocast` for
-    ``precision``), backward, optimizer and scheduler step.
+    ``precision``), backward, optimizer and scheduler step. Under ``torchrun`` the gradients are
+    averaged over the processes before the step (:func:`~dais_search.distributed.average_gradients`).
 
     Args:
         loss_fn: returns ``{"loss": scalar, "output": logits, ...}``; further scalar entries (e.g. a
@@ -169,6 +171,7 @@ def train_step(
         out = loss_fn(model, x, y)
     optimizer.zero_grad(set_to_none=True)
     out["loss"].backward()
+    average_gradients(p for group in optimizer.param_groups for p in group["params"])
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
@@ -341,7 +344,8 @@ def time_train_steps(model: nn.Module, loader: Iterable, steps: int, warmup: int
 
     The first ``warmup`` steps (allocator, kernel selection) are not timed, unless the loader has
     no more than that (then every step is: a time, not 0). A step's time runs from the end of the
-    previous step, so it includes fetching the batch.
+    previous step, so it includes fetching the batch. Under ``torchrun``: this process's steps alone,
+    without gradient averaging.
     """
     optimizer = make_sgd(model, 0.01)
     ends = [time.perf_counter()]  # ends[i + 1]: when step i finished
@@ -351,7 +355,8 @@ def time_train_steps(model: nn.Module, loader: Iterable, steps: int, warmup: int
             torch.cuda.synchronize(out["loss"].device)  # CUDA runs asynchronously: time what finished
         ends.append(time.perf_counter())
 
-    train_one_epoch(model, loader, optimizer, max_steps=steps + warmup, progress=False, on_step=lap)
+    with local():  # one process's steps, without gradient averaging (under torchrun the others may not take them)
+        train_one_epoch(model, loader, optimizer, max_steps=steps + warmup, progress=False, on_step=lap)
     done = len(ends) - 1
     timed = ends[warmup:] if done > warmup else ends  # a loader shorter than the warm-up: time every step
     return (timed[-1] - timed[0]) / max(len(timed) - 1, 1)

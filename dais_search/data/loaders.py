@@ -72,6 +72,11 @@ class BatchLoader:
         pad: zero padding of the random crop; negative: no augmentation.
         pin_memory: yield batches in page-locked memory, so that copies to a GPU overlap with its
             work (default: when CUDA is available).
+        rank, world: data-parallel sharding (``torchrun``): one seeded order shared by all ``world``
+            processes makes global batches of ``world x batch_size`` examples, augmented as a whole
+            (the same random crops and flips a single process with the global batch size draws), and
+            process ``rank`` yields its ``batch_size`` slice of each. An incomplete last global batch
+            is dropped when ``world > 1``.
     """
 
     def __init__(
@@ -84,9 +89,14 @@ class BatchLoader:
         drop_last: bool = False,
         pad: int = 4,
         pin_memory: bool | None = None,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}")
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in a world of {world} processes")
+        self.rank, self.world = rank, world
         self.data, self.batch_size, self.train, self.drop_last, self.pad = data, batch_size, train, drop_last, pad
         self.seed, self.epoch = seed, 0
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -97,23 +107,26 @@ class BatchLoader:
             self.scale = self.scale.mean(1, keepdim=True)
 
     def __len__(self) -> int:
-        n = len(self.data)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n, size = len(self.data), self.batch_size * self.world
+        return n // size if self.drop_last or self.world > 1 else -(-n // size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         self.epoch += 1
         n = len(self.data)
         order = torch.randperm(n, generator=generator) if self.train else None
+        size = self.batch_size * self.world  # the global batch
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
         for i in range(len(self)):
             if order is None:
-                x = self.data.images[i * self.batch_size : (i + 1) * self.batch_size]
-                y = self.data.labels[i * self.batch_size : (i + 1) * self.batch_size]
+                x, y = self.data.images[i * size : (i + 1) * size], self.data.labels[i * size : (i + 1) * size]
             else:
-                idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+                idx = order[i * size : (i + 1) * size]
                 x, y = self.data.images[idx], self.data.labels[idx]
             if self.train and self.pad >= 0:
                 x = augment_batch(x, generator, self.pad)
+            if self.world > 1:
+                x, y = x[mine], y[mine]
             x = x.float().sub_(self.shift).mul_(self.scale)
             yield (x.pin_memory(), y.pin_memory()) if self.pin_memory else (x, y)
 
@@ -130,6 +143,21 @@ class _Transformed(torch.utils.data.Dataset):
         return self.transform(image), label
 
 
+class _EpochSampled:
+    """A DataLoader with a DistributedSampler whose epoch advances at every pass (as our loaders' does)."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, sampler) -> None:
+        self.loader, self.sampler, self.epoch = loader, sampler, 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        self.sampler.set_epoch(self.epoch)
+        self.epoch += 1
+        return iter(self.loader)
+
+
 def make_loader(
     data,
     batch_size: int,
@@ -140,16 +168,20 @@ def make_loader(
     image_size: int = 224,
     drop_last: bool = False,
     augment: bool = True,
+    rank: int = 0,
+    world: int = 1,
 ):
     """A loader of normalised float batches for any data set :func:`load_dataset` returns.
 
     In-memory data get a :class:`BatchLoader`; file-backed data (ImageFolder) a ``DataLoader`` with
     the standard ImageNet transforms (RandomResizedCrop + flip for training, resize + centre crop
-    for evaluation). ``train`` shuffles, and augments unless ``augment`` is false.
+    for evaluation). ``train`` shuffles, and augments unless ``augment`` is false. ``rank`` of
+    ``world`` > 1 shards it for data-parallel runs (see :class:`BatchLoader`; file-backed data through
+    a ``DistributedSampler``); ``batch_size`` is then per process.
     """
     if isinstance(data, ArrayDataset):
         pad = 4 if augment else -1  # BatchLoader: a negative pad means no augmentation
-        return BatchLoader(data, batch_size, train, normalize, seed, drop_last, pad)
+        return BatchLoader(data, batch_size, train, normalize, seed, drop_last, pad, rank=rank, world=world)
     from torchvision import transforms as T
 
     mean, std = NORMALIZATION[normalize] if normalize in NORMALIZATION else _normalizer(normalize)
@@ -160,13 +192,18 @@ def make_loader(
     else:
         resize = int(round(image_size / 0.875))
         tf = T.Compose([T.Resize(resize), T.CenterCrop(image_size), T.ToTensor(), T.Normalize(mean, std)])
-    return torch.utils.data.DataLoader(
-        _Transformed(data, tf),
+    dataset, sampler = _Transformed(data, tf), None
+    if world > 1:
+        sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=train, seed=seed, drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        dataset,
         batch_size=batch_size,
-        shuffle=train,
+        shuffle=train and sampler is None,
+        sampler=sampler,
         num_workers=workers,
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),
         drop_last=drop_last,
     )
+    return _EpochSampled(loader, sampler) if sampler is not None else loader

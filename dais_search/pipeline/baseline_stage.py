@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed
 from ..budget import Budget
 from ..checkpoint import save_checkpoint
 from ..cost import count_flops
@@ -48,8 +49,11 @@ def run_baseline(budget: Budget, budget_path: str, out: str, resume: bool = Fals
         return json.loads((out_dir / "metrics.json").read_text())  # finished already
     prepare_out(out_dir, [budget_path, budget.model.checkpoint], resume, ours=("budget.toml", "config.json"))
     start_out_dir(out_dir, budget, budget_path, False, device, overrides, method=method)
+    if not distributed.is_main():  # under torchrun: rank 0 makes the plan (a few forward passes) and writes it
+        distributed.barrier()
+        return json.loads((out_dir / "metrics.json").read_text())
     torch.manual_seed(budget.search.seed)
-    inputs = load_budget_inputs(budget, device)
+    inputs = load_budget_inputs(budget, device, shard=False)
     dense, shape, base = inputs.dense, inputs.shape, budget.baseline
     target = budget.flops_target(count_flops(dense, shape))
     started = time.perf_counter()
@@ -90,6 +94,7 @@ def run_baseline(budget: Budget, budget_path: str, out: str, resume: bool = Fals
     if "candidates" in plan.meta:
         metrics["candidates"] = plan.meta["candidates"]
     write_json(out_dir / "metrics.json", metrics)
+    distributed.barrier()
     rows = [
         ["dense", f"{plan.dense_flops:,}", "1.000", f"{plan.dense_params:,}", "", f"{metrics['dense_test_top1']:.2f}"],
         [f"{method} (pruned + BN recal.)", f"{plan.flops:,}", f"{plan.flops_ratio:.3f}", f"{plan.params:,}",

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed
 from ..budget import Budget
 from ..channels import ChannelPlan
 from ..checkpoint import load_checkpoint, load_state_dict_strict, model_from_checkpoint
@@ -33,16 +34,23 @@ __all__ = ["BudgetInputs", "check_budget_inputs", "check_data_fits", "check_none
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when visible), ``cpu``, ``cuda`` or ``cuda:N``, with a clear error for the impossible."""
+    """``auto`` (CUDA when visible), ``cpu``, ``cuda`` or ``cuda:N``, with a clear error for the impossible.
+
+    Under ``torchrun`` this joins the process group (gloo on CPU, nccl on CUDA) and returns this
+    process's device (``cuda:LOCAL_RANK``)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from exc
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(name)
+        except RuntimeError as exc:
+            raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name} asked for CUDA but no GPU is visible; use --device cpu")
-    return device
+    if distributed.launched() and device.type == "cuda" and torch.cuda.device_count() < int(os.environ["WORLD_SIZE"]):
+        raise UserError(f"torchrun started {os.environ['WORLD_SIZE']} processes but {torch.cuda.device_count()} GPUs "
+                        "are visible: start one process per GPU (--nproc-per-node), or --device cpu")  # fmt: skip
+    return distributed.init_from_env(device)
 
 
 def check_budget_inputs(budget: Budget) -> None:
@@ -68,6 +76,8 @@ def start_out_dir(out_dir: Path, budget: Budget, budget_path: str, resume: bool,
                   overrides: dict[str, Any] | None, **config: Any) -> None:  # fmt: skip
     """Creates a job's output folder and writes ``budget.toml`` and ``config.json`` (resolved
     budget, overrides, versions, command, device and ``config``), unless resuming."""
+    if not distributed.is_main():  # under torchrun rank 0 alone writes
+        return
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         shutil.copyfile(budget_path, out_dir / "budget.toml")
@@ -109,9 +119,10 @@ class BudgetInputs:
         return evaluate(model, self.plain_loader(data), progress=False)["top1"]
 
 
-def load_budget_inputs(budget: Budget, device: str) -> BudgetInputs:
+def load_budget_inputs(budget: Budget, device: str, shard: bool = True) -> BudgetInputs:
     """Loads the budget's data (split into the search's train and held-out parts), its dense model
-    on ``device``, and the two shuffled loaders (seeded by ``search.seed``)."""
+    on ``device``, and the two shuffled loaders (seeded by ``search.seed``); under ``torchrun`` the
+    loaders give each process its slice of every global batch, unless ``shard`` is false."""
     spec, dspec = budget.search, budget.data
     splits = load_dataset(dspec.dataset, dspec.data_dir, dspec.download)
     check_nonempty(splits)
@@ -130,10 +141,11 @@ def load_budget_inputs(budget: Budget, device: str) -> BudgetInputs:
     dense = copy.deepcopy(model).eval()
     size = budget.budget.input_size or splits.input_size
     shape, image = (1, *size), size[-1]
+    ranks = {"rank": distributed.rank(), "world": distributed.world_size()} if shard else {}
     train_loader = make_loader(train, dspec.batch_size, True, dspec.normalize, spec.seed, dspec.workers, image, True,
-                               dspec.augment)  # fmt: skip
+                               dspec.augment, **ranks)  # fmt: skip
     held_loader = make_loader(held, dspec.batch_size, True, dspec.normalize, spec.seed + 1, dspec.workers, image, True,
-                              dspec.augment)  # fmt: skip
+                              dspec.augment, **ranks)  # fmt: skip
     return BudgetInputs(budget, splits, train, held, num_classes, model, dense, shape, train_loader, held_loader)
 
 
@@ -219,6 +231,7 @@ def prepare_out(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | Non
         shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
         raise UserError(f"{flag} {folder} is not empty ({shown}); choose a new or empty folder"
                         + (" or pass --resume to continue what is there" if flag == "--out" else ""))  # fmt: skip
+    distributed.barrier()  # under torchrun: every process has looked before rank 0 writes there
     return folder
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from .. import distributed
 from ..channels import ChannelPlan
 from ..checkpoint import load_checkpoint, load_state_dict_strict
 from ..data import DataSplits, make_loader
@@ -37,16 +38,25 @@ def finetune_plan(plan: ChannelPlan, teacher: nn.Module, student: nn.Module, spl
     folds it and exports ``out/``; returns the fine-tune metrics (also in ``out/metrics.json``).
 
     While it runs, ``out/state.pt`` holds its state (every ``config.checkpoint_every`` steps, each
-    epoch, on SIGTERM / SIGINT); ``resume`` continues from it; it is removed once the bundle is out."""
+    epoch, on SIGTERM / SIGINT); ``resume`` continues from it; it is removed once the bundle is out.
+
+    Under ``torchrun`` each process trains on its slice of every global batch of ``world x
+    batch_size`` images; rank 0 alone evaluates, writes and exports (the others return the metrics
+    without test accuracies once the bundle is out)."""
     image = plan.input_shape[-1]
-    train = make_loader(splits.train, batch_size, True, normalize, config.seed, workers, image, True)
+    train = make_loader(splits.train, batch_size, True, normalize, config.seed, workers, image, True,
+                        rank=distributed.rank(), world=distributed.world_size())  # fmt: skip
     test = make_loader(splits.test, 256, False, normalize, workers=workers, image_size=image)
+    distributed.broadcast_state(student)  # the same start everywhere, whatever each process loaded
     try:
-        result = finetune(student, teacher, train, config, plan=plan, test_loader=test, progress=progress,
+        result = finetune(student, teacher, train, config, plan=plan, progress=progress and distributed.is_main(),
+                          test_loader=test if distributed.is_main() else None,
                           state_path=Path(out) / "state.pt", resume=resume)  # fmt: skip
     except DivergedError as exc:
         raise DivergedError(f"{exc}; no bundle was exported. Lower the fine-tune learning rate and fine-tune "
                             "again") from None  # fmt: skip
-    export(result.model, plan, result.metrics, out, model_name, num_classes, normalize, budget_file)
-    (Path(out) / "state.pt").unlink(missing_ok=True)  # the bundle is out: the (large) resume state goes
+    if distributed.is_main():
+        export(result.model, plan, result.metrics, out, model_name, num_classes, normalize, budget_file)
+        (Path(out) / "state.pt").unlink(missing_ok=True)  # the bundle is out: the (large) resume state goes
+    distributed.barrier()
     return result.metrics

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed
 from ..budget import Budget
 from ..channels import ChannelPlan
 from ..checkpoint import load_checkpoint
@@ -84,6 +85,8 @@ def run_pipeline(budget: Budget, budget_path: str, out: str, resume: bool = Fals
         ft_metrics = finetune_plan(plan, teacher, student, splits, config, bundle, budget.model.name, num_classes,
                                    dspec.normalize, dspec.batch_size, dspec.workers, budget_path, progress,
                                    resume and (bundle / "state.pt").is_file())  # fmt: skip
+    if not distributed.is_main():  # torchrun: rank 0 measures, writes the summary and prints
+        return {}
     deployed = plan.apply(teacher)
     deployed.load_state_dict(load_checkpoint(bundle / "model.pt")["state_dict"])
     deployed.eval()

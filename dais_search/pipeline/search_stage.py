@@ -11,11 +11,13 @@ Everything needed to reproduce a run is written next to its outputs::
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import distributed
 from ..budget import Budget
 from ..checkpoint import save_checkpoint
 from ..errors import UserError
@@ -48,8 +50,12 @@ def run_search(budget: Budget, budget_path: str, out: str, resume: bool = False,
     inputs = load_budget_inputs(budget, device)
     dense, shape, num_classes, accuracy = inputs.dense, inputs.shape, inputs.num_classes, inputs.accuracy
     result = search(inputs.model, budget, inputs.train_loader, inputs.held_loader, torch.zeros(shape, device=device),
-                    log_dir=out_dir / "tb", state_path=state_path, resume=resume, progress=progress)  # fmt: skip
+                    log_dir=out_dir / "tb", state_path=state_path, resume=resume,
+                    progress=progress and distributed.is_main())  # fmt: skip
     plan, pruned = result.plan, result.pruned
+    if not distributed.is_main():  # under torchrun: rank 0 evaluates and writes; the others wait for its files
+        distributed.barrier()
+        return json.loads((out_dir / "metrics.json").read_text())
     plan.meta.update(model=budget.model.name, num_classes=num_classes, budget=str(budget_path))
     plan.save(out_dir / "plan.json")
     save_checkpoint(out_dir / "pruned.pt", pruned, budget.model.name, num_classes, normalize=budget.data.normalize,
@@ -78,6 +84,7 @@ def run_search(budget: Budget, budget_path: str, out: str, resume: bool = False,
         "history": history,
     }
     write_json(out_dir / "metrics.json", metrics)
+    distributed.barrier()
     _print_report(metrics, plan, baseline_plan, out_dir)
     return metrics
 

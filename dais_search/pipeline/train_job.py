@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed
 from ..checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint
 from ..cost import count_flops, count_params
 from ..data import DEFAULT_NORMALIZE, check_data_spec, load_dataset, make_loader, train_val_split
@@ -91,7 +92,9 @@ def run_train(job: TrainJob) -> dict[str, Any]:
     if job.held_out:
         train_data, held = train_val_split(splits.train, job.held_out, job.seed)
     model.to(device)
-    loader = make_loader(train_data, job.batch_size, True, normalize, job.seed, job.workers)
+    # torchrun: each process trains on its slice of every global batch (world x batch size images)
+    loader = make_loader(train_data, job.batch_size, True, normalize, job.seed, job.workers,
+                         rank=distributed.rank(), world=distributed.world_size())  # fmt: skip
     steps = len(loader) if job.max_steps is None else min(len(loader), job.max_steps)
     optimizer = make_sgd(model, job.lr, job.momentum, job.weight_decay)
     scheduler = cosine_schedule(optimizer, job.epochs * steps, int(job.warmup_epochs * steps))
@@ -108,19 +111,22 @@ def run_train(job: TrainJob) -> dict[str, Any]:
     for epoch in range(start_epoch, job.epochs):
         try:
             stats = train_one_epoch(model, loader, optimizer, scheduler, max_steps=job.max_steps,
-                                    progress=job.progress, desc=f"train epoch {epoch + 1}/{job.epochs}")  # fmt: skip
+                                    progress=job.progress and distributed.is_main(),
+                                    desc=f"train epoch {epoch + 1}/{job.epochs}")  # fmt: skip
             check_finite_model(model, f"train epoch {epoch + 1}/{job.epochs}")
         except DivergedError as exc:
             last = f"the last good checkpoint is {job.out} (epoch {epoch})" if epoch else "no checkpoint was written"
             raise DivergedError(f"{exc}; {last}. Lower --lr (or add --warmup-epochs) and train again") from None
+        distributed.broadcast_state(model)  # rank 0's BN statistics everywhere (each process saw its own batches)
         row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in stats.items()}}
         if held is not None:
             held_loader = make_loader(held, 256, normalize=normalize, workers=job.workers)
             row["held_out_top1"] = evaluate(model, held_loader, progress=False)["top1"]
         history.append(row)
-        print(f"epoch {epoch + 1}/{job.epochs}: loss {stats['loss']:.4f}, train top-1 {stats['top1']:.2f}%"
-              + (f", held-out top-1 {row['held_out_top1']:.2f}%" if held is not None else "")
-              + f", {stats['images_per_s']:.0f} img/s", flush=True)  # fmt: skip
+        if distributed.is_main():
+            print(f"epoch {epoch + 1}/{job.epochs}: loss {stats['loss']:.4f}, train top-1 {stats['top1']:.2f}%"
+                  + (f", held-out top-1 {row['held_out_top1']:.2f}%" if held is not None else "")
+                  + f", {stats['images_per_s']:.0f} img/s", flush=True)  # fmt: skip
         save_checkpoint(job.out, model, job.model, splits.num_classes, normalize=normalize, epoch=epoch + 1,
                         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), history=history,
                         args=dataclasses.asdict(job), versions=library_versions())  # fmt: skip
@@ -130,6 +136,8 @@ def run_train(job: TrainJob) -> dict[str, Any]:
     test = evaluate(model, test_loader, progress=job.progress)
     shape = (1, *splits.input_size)
     train_seconds = sum(h["train_seconds"] for h in history)
+    if not distributed.is_main():
+        return {"history": history, "test": test}
     rows = [[job.model, splits.name, f"{len(history)}", f"{test['top1']:.2f}", f"{test['top5']:.2f}",
              f"{count_flops(model, shape):,}", f"{count_params(model):,}", f"{train_seconds:.1f}"]]  # fmt: skip
     print(format_table(rows, ["model", "data", "epochs", "test top-1 %", "top-5 %", "FLOPs", "params", "train s"]))

@@ -28,6 +28,7 @@ from torch import nn
 from ..budget import Budget, check_budget
 from ..channels import ChannelPlan
 from ..checkpoint import get_rng_state, set_rng_state, stop_requests
+from ..distributed import broadcast_state, is_main
 from ..errors import DivergedError, UserError
 from ..files import atomic_torch_save
 from ..monitor import MetricWriter, indicator_heatmap
@@ -141,7 +142,7 @@ def search(
                      "position": position, "history": history, "rng": get_rng_state()}
             atomic_torch_save(state, state_path)
 
-    writer = MetricWriter(log_dir) if log_dir is not None else None
+    writer = MetricWriter(log_dir) if log_dir is not None and is_main() else None  # torchrun: rank 0 logs
     on_gate_step = _gate_step_logger(writer) if writer is not None else None
     with stop_requests() as stop:
         for epoch in range(start_epoch, spec.epochs):
@@ -175,6 +176,7 @@ def search(
 
     plan = searcher.binarize()
     pruned = recalibrate_bn(plan.apply(model), train_loader, spec.recalibrate_batches)
+    broadcast_state(pruned)  # torchrun: each process recalibrated on its own batches; rank 0's statistics for all
     dense_step = _time_dense_steps(dense, train_loader, min(20, steps))
     for h in history:
         h["dense_epoch_seconds"] = dense_step * steps

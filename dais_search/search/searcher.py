@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from ..budget import Budget
 from ..channels import ChannelGraph, ChannelPlan, FlopsModel, trace_channels
+from ..distributed import all_reduce_sum, average_gradients, broadcast_object, broadcast_state
 from ..errors import DivergedError
 from ..train import (
     autocast,
@@ -178,6 +179,7 @@ class Searcher:
         loss = task + penalty.to(task.dtype)
         self.g_opt.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(self.gate_params)  # torchrun: every process takes the same gate step
         if not bool(finite_step(loss, self.g_opt)):
             raise DivergedError(f"search: the held-out loss or an indicator gradient was NaN or infinite at the gate "
                                 f"step after weight step {self.step}")  # fmt: skip
@@ -262,6 +264,9 @@ class Searcher:
                     bar.close()
                     raise SearchInterrupted(epoch, i + 1)
         bar.close()
+        self.sync()
+        keys = ("loss", "correct", "seen", "val_loss", "val_correct", "val_seen")  # summed over the processes
+        totals |= dict(zip(keys, all_reduce_sum([float(totals[k]) for k in keys]), strict=True))
         seen, vseen = max(totals["seen"], 1), max(totals["val_seen"], 1)
         stats = {"epoch": epoch + 1, "seconds": time.perf_counter() - start}
         if spec.train_weights:
@@ -271,6 +276,14 @@ class Searcher:
             "val_top1": 100.0 * totals["val_correct"] / vseen,
             "gate_steps": totals["gate_steps"],
         }
+
+    def sync(self) -> None:
+        """Under ``torchrun``: rank 0's weights, BN statistics, gates and multipliers on every process.
+        The averaged gradients keep parameters equal; BN running statistics (each process's own
+        batches) and rounding could drift, so they are made equal at the end of every epoch."""
+        broadcast_state(self.model)
+        broadcast_state(self.gates)
+        self.lam, self.lam_params = broadcast_object((self.lam, self.lam_params))
 
     # -- the end ----------------------------------------------------------------------------------
     @torch.no_grad()
