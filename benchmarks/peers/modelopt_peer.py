@@ -82,9 +82,11 @@ from dais_search.files import write_json
 from dais_search.train import recalibrate_bn, to_model
 
 try:
-    from .tp_peer import output_difference, parse_flops
+    from .common import PRUNABLE, output_difference, parse_flops
+    from .common import producers as group_producers
 except ImportError:  # run as a script, or imported with benchmarks/peers on sys.path (the tests)
-    from tp_peer import output_difference, parse_flops
+    from common import PRUNABLE, output_difference, parse_flops
+    from common import producers as group_producers
 
 __all__ = [
     "DIVISOR",
@@ -103,7 +105,6 @@ MISSING = (
 DIVISOR = 4  # BENCH.md; ModelOpt's default is 32
 RATIOS = tuple(0.05 * i for i in range(1, 21))  # FastNAS's default width ratios (modelopt.torch.prune.fastnas)
 MAX_TRIES = 5
-_PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -196,23 +197,6 @@ def top1_score(batches: Batches) -> Callable[[nn.Module], float]:
     return score
 
 
-def _producers(graph: ChannelGraph, dense: nn.Module) -> dict[int, list]:
-    """Prunable group id -> its producer members (conv/linear outputs), or a UserError for anything else."""
-    out = {}
-    for g in graph.groups:
-        if not g.prunable:
-            continue
-        members = [p for p in g.producers if p.role == "out"]
-        bad = [p.name for p in g.producers if p.role != "out" or not isinstance(dense.get_submodule(p.name), _PRUNABLE)]
-        if bad or not members:
-            raise UserError(
-                f"the ModelOpt peer maps groups produced by conv/linear layers; group {g.id} ({g.name}) is "
-                f"produced by {bad or 'nothing'}: pass those layers in --ignore"
-            )
-        out[g.id] = members
-    return out
-
-
 def _width_hparam(module: nn.Module):
     return module.get_hparam("out_features" if isinstance(module, nn.Linear) else "out_channels")
 
@@ -256,7 +240,7 @@ def _kept(subnet: nn.Module, dense: nn.Module, producers: dict[int, list]) -> di
     dense_mods, sub_mods = dict(dense.named_modules()), dict(subnet.named_modules())
     touched = {m.name for members in producers.values() for m in members}
     for name, module in dense_mods.items():
-        if not isinstance(module, _PRUNABLE) or name in touched:
+        if not isinstance(module, PRUNABLE) or name in touched:
             continue
         sub = sub_mods.get(name)
         if sub is None or sub.weight.shape[0] != module.weight.shape[0]:
@@ -361,7 +345,7 @@ def prune_with_fastnas(
     dense = copy.deepcopy(model).eval()
     example = example_input(dense, input_shape)
     graph = trace_channels(dense, example, ignore, warn=False)
-    producers = _producers(graph, dense)
+    producers = group_producers(graph, dense, "ModelOpt")
     if not producers:
         raise UserError("the model has no prunable channel groups (see the warnings of trace_channels)")
 

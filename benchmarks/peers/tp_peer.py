@@ -54,13 +54,18 @@ from dais_search.cost import count_flops, example_input
 from dais_search.errors import UserError
 from dais_search.files import write_json
 
+try:
+    from .common import PRUNABLE, output_difference, parse_flops
+    from .common import producers as group_producers
+except ImportError:  # run as a script, or imported with benchmarks/peers on sys.path (the tests)
+    from common import PRUNABLE, output_difference, parse_flops
+    from common import producers as group_producers
+
 __all__ = [
     "IMPORTANCE",
     "MODES",
     "PeerResult",
     "main",
-    "output_difference",
-    "parse_flops",
     "prune_with_torch_pruning",
     "torch_pruning_plan",
     "tp_version",
@@ -70,7 +75,6 @@ MODES = ("uniform", "global")
 IMPORTANCE = ("group", "filter")
 ITERATIVE_STEPS = 400  # Torch-Pruning's CIFAR benchmark default (--iterative-steps)
 MISSING = "the Torch-Pruning peer needs the `bench` extra: pip install -e '.[bench]' (package torch-pruning)"
-_PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 def _tp():
@@ -130,23 +134,6 @@ def _single_thread() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
-def _producers(graph: ChannelGraph, dense: nn.Module) -> dict[int, list]:
-    """Prunable group id -> its producer members (conv/linear outputs), or a UserError for anything else."""
-    out = {}
-    for g in graph.groups:
-        if not g.prunable:
-            continue
-        members = [p for p in g.producers if p.role == "out"]
-        bad = [p.name for p in g.producers if p.role != "out" or not isinstance(dense.get_submodule(p.name), _PRUNABLE)]
-        if bad or not members:
-            raise UserError(
-                f"the Torch-Pruning peer maps groups produced by conv/linear layers; group {g.id} ({g.name}) is "
-                f"produced by {bad or 'nothing'}: pass those layers in --ignore"
-            )
-        out[g.id] = members
-    return out
-
-
 def _out_channels(module: nn.Module) -> int:
     return module.out_features if isinstance(module, nn.Linear) else module.out_channels
 
@@ -156,7 +143,7 @@ class _Survivors:
     through the indices of the groups it prunes (indices into the layer as it is at that moment)."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.name_of = {m: n for n, m in model.named_modules() if isinstance(m, _PRUNABLE)}
+        self.name_of = {m: n for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
         self.dense = {n: _out_channels(m) for m, n in self.name_of.items()}
         self.alive = {n: list(range(c)) for n, c in self.dense.items()}
 
@@ -200,24 +187,6 @@ class _Survivors:
                 raise RuntimeError(f"Torch-Pruning cut the producers of group {gid} differently: {sets}")
             kept[gid] = sets[0]
         return kept
-
-
-def output_difference(a: nn.Module, b: nn.Module, input_shape: Sequence[int], seed: int = 0) -> float:
-    """max |a(x) - b(x)| in eval mode on a seeded standard-normal ``x`` (batch of 2 at ``input_shape``)."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((2, *tuple(input_shape)[1:]), generator=gen)
-    modes = a.training, b.training
-    a.eval()
-    b.eval()
-    try:
-        with torch.no_grad():
-            ya, yb = a(x.to(next(a.parameters()).device)), b(x.to(next(b.parameters()).device))
-    finally:
-        a.train(modes[0])
-        b.train(modes[1])
-    if ya.shape != yb.shape:
-        return float("inf")
-    return float((ya.float().cpu() - yb.float().cpu()).abs().max())
 
 
 def _check_same(plan: ChannelPlan, dense: nn.Module, graph: ChannelGraph, pruned: nn.Module, input_shape, seed: int,
@@ -286,7 +255,7 @@ def _prune(tp, model, input_shape, flops_target, ignore, mode, seed, importance,
     dense = copy.deepcopy(model).eval()
     example = example_input(dense, input_shape)
     graph = trace_channels(dense, example, ignore, warn=False)
-    producers = _producers(graph, dense)
+    producers = group_producers(graph, dense, "Torch-Pruning")
     if not producers:
         raise UserError("the model has no prunable channel groups (see the warnings of trace_channels)")
     fm = FlopsModel(graph, dense, example)
@@ -297,7 +266,7 @@ def _prune(tp, model, input_shape, flops_target, ignore, mode, seed, importance,
 
     pruned = copy.deepcopy(dense)
     names = {m.name for members in producers.values() for m in members}
-    ignored = [m for n, m in pruned.named_modules() if isinstance(m, _PRUNABLE) and n not in names]
+    ignored = [m for n, m in pruned.named_modules() if isinstance(m, PRUNABLE) and n not in names]
     if importance == "group":
         imp = tp.importance.MagnitudeImportance(p=1)
     else:
@@ -306,7 +275,7 @@ def _prune(tp, model, input_shape, flops_target, ignore, mode, seed, importance,
     survivors = _Survivors(pruned)
     pruner = pruner_class(pruned, example.clone(), importance=imp, global_pruning=mode == "global",
                           pruning_ratio=1.0, iterative_steps=iterative_steps, max_pruning_ratio=1.0,
-                          ignored_layers=ignored, root_module_types=list(_PRUNABLE))  # fmt: skip
+                          ignored_layers=ignored, root_module_types=list(PRUNABLE))  # fmt: skip
     flops, previous = float(fm.flops(survivors.widths(producers))), None
     while flops > flops_target:
         if pruner.current_step >= iterative_steps:
@@ -342,20 +311,6 @@ def torch_pruning_plan(
 ) -> ChannelPlan:
     """The :class:`ChannelPlan` of :func:`prune_with_torch_pruning` (same arguments)."""
     return prune_with_torch_pruning(model, input_shape, flops_target, ignore, mode, seed, **kwargs).plan
-
-
-def parse_flops(text: str, dense_flops: int) -> float:
-    """``"50%"`` or ``"0.5"``: that fraction of ``dense_flops``; a number above 1: absolute FLOPs."""
-    text = text.strip()
-    try:
-        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError as exc:
-        raise UserError(f"--flops {text!r}: use a percentage (50%), a fraction (0.5) or a FLOPs count") from exc
-    if not value > 0:
-        raise UserError(f"--flops {text!r} must be positive")
-    if text.endswith("%") or value <= 1:
-        return value * dense_flops
-    return value
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

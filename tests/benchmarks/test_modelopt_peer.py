@@ -148,7 +148,7 @@ def test_plan_equals_the_modelopt_model_and_a_wrong_index_does_not(result, dense
 
 
 def test_a_cut_outside_our_groups_or_a_wrong_mapping_is_refused(result, dense, graph):
-    producers = modelopt_peer._producers(graph, dense)
+    producers = modelopt_peer.group_producers(graph, dense, "ModelOpt")
     assert modelopt_peer._kept(result.model, dense, producers) == result.plan.kept
     other = copy.deepcopy(result.model)
     with torch.no_grad():

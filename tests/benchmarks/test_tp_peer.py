@@ -14,7 +14,8 @@ pytest.importorskip("torch_pruning")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "peers"))
 import tp_peer  # noqa: E402
-from tp_peer import main, output_difference, parse_flops, prune_with_torch_pruning, torch_pruning_plan  # noqa: E402
+from common import output_difference, parse_flops  # noqa: E402
+from tp_peer import main, prune_with_torch_pruning, torch_pruning_plan  # noqa: E402
 
 from dais_search.channels import ChannelPlan, fingerprint, trace_channels  # noqa: E402
 from dais_search.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
