@@ -466,8 +466,8 @@ class CatInput(nn.Module):
 
 
 class CatPlusConv(nn.Module):
-    """cat([a, c]) + b: b's channels are a's followed by c's; a and c each see half the group, so the
-    group is kept whole."""
+    """cat([a, c]) + b: b's channels are a's followed by c's; a and c each see half of b's, so the sum's
+    channels are two groups: a's (with b's first half) and c's (with b's second half)."""
 
     def __init__(self) -> None:
         super().__init__()

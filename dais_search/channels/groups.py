@@ -33,6 +33,7 @@ import torch.fx as fx
 from torch import nn
 
 from .atoms import Tracker
+from .index_ops import IndexOp, check_owners
 from .trace import trace_with_shapes
 from .walk import Walker
 
@@ -103,6 +104,8 @@ class ChannelGraph:
         calls: ``(module path, input shape, output shape)`` of every call of a handled module.
         param_sites: parameter paths read by element-wise ops, with their shapes.
         atom_class: ``atom -> (group id, class index)`` for atoms of groups.
+        index_ops: the channel pads, slices and splits followed (:mod:`.index_ops`), which a
+            pruned model calls with other constants.
     """
 
     groups: list[ChannelGroup]
@@ -112,6 +115,7 @@ class ChannelGraph:
     calls: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
     param_shapes: dict[str, tuple[int, ...]]
     atom_class: dict[int, tuple[int, int]]
+    index_ops: list[IndexOp] = field(default_factory=list)
 
 
 def trace_channels(
@@ -154,12 +158,27 @@ def trace_channels(
             if p == path:
                 tk.fix(atoms, f"ignored: {path}")
 
+    index_ops = _followed_index_ops(model, walkers)
     groups, atom_class = _assemble(tk)
     if warn:
         _warn(walkers, groups)
     infos = {n.name: walker.info.get(n) for n in gm.graph.nodes}
     param_shapes = {k: v for w in walkers for k, v in w.param_shapes.items()}
-    return ChannelGraph(groups, gm, dict(tk.sites), infos, walker.calls, param_shapes, atom_class)
+    return ChannelGraph(groups, gm, dict(tk.sites), infos, walker.calls, param_shapes, atom_class, index_ops)
+
+
+def _followed_index_ops(model: nn.Module, walkers: list[Walker]) -> list[IndexOp]:
+    """The walks' index ops whose owning modules can be rewritten; the others' channels are fixed
+    (and named in the warnings, as an op the analysis does not understand)."""
+    ops = [op for w in walkers for op in w.index_ops]
+    bad = check_owners(model, ops)
+    for w in walkers:
+        for op in w.index_ops:
+            if op.owner in bad:
+                name = {"pad": "pad", "slice": "getitem", "narrow": "narrow", "split": "split"}[op.kind]
+                w.tk.fix([*op.in_atoms, *(a for p in op.pieces for a in p)], f"{name} at {op.owner}: {bad[op.owner]}")
+                w.unknown[name].append(op.owner or "(model)")
+    return [op for op in ops if op.owner not in bad]
 
 
 def _train_mode_walk(
@@ -183,6 +202,16 @@ def _train_mode_walk(
 
 
 def _assemble(tk: Tracker) -> tuple[list[ChannelGroup], dict[int, tuple[int, int]]]:
+    """The groups from the tracker: classes joined by the union-find ``groups``, then split into
+    *segments* of classes that the same layers see equally often.
+
+    Without index ops every layer sees all of a joined set's classes or none. Through a channel pad or
+    slice it may not: the stream of stage 1 of an option-A ResNet is read by the layers of all stages,
+    the channels its shortcut pads in only by the later stages. Each segment is a group of its own, so a
+    layer's width stays a sum of group widths (the FLOPs model's polynomial). The first segment of a
+    joined set keeps the id the set had before segments existed (plans stay valid); further segments
+    get ids after all of those.
+    """
     root_of_group: dict[int, int] = {}
     group_classes: dict[int, list[int]] = {}
     for (_path, role), atoms in tk.sites.items():  # sites are in graph order
@@ -195,15 +224,50 @@ def _assemble(tk: Tracker) -> tuple[list[ChannelGroup], dict[int, tuple[int, int
             c = tk.classes.find(a)
             if c not in classes:
                 classes.append(c)
-    class_index = {g: {c: i for i, c in enumerate(cs)} for g, cs in group_classes.items()}
+    member_classes = {c for cs in group_classes.values() for c in cs}
 
-    # Every atom of a group must be a member class (a class never reached by a producer, e.g. one
-    # tied only to an input or a constant, cannot be removed).
-    fixed_groups: dict[int, str] = {}
+    # Where each class is seen, and how often: its signature.
+    signature: dict[int, dict[tuple[str, str], int]] = defaultdict(lambda: defaultdict(int))
+    for key, atoms in tk.sites.items():
+        for a in atoms:
+            c = tk.classes.find(a)
+            if c in member_classes:
+                signature[c][key] += 1
+    segments: list[list[int]] = []  # classes of each group, by id
+    extra: list[list[int]] = []
+    segments_of: dict[int, list[int]] = {}  # union-find root -> its segments' ids (first one primary)
+    pending: dict[int, list[list[int]]] = {}
+    for g, _ in sorted(root_of_group.items(), key=lambda kv: kv[1]):
+        parts: dict[frozenset, list[int]] = {}
+        for c in group_classes[g]:
+            parts.setdefault(frozenset(signature[c].items()), []).append(c)
+        ordered = list(parts.values())
+        segments_of[g] = [len(segments)]
+        segments.append(ordered[0])
+        pending[g] = ordered[1:]
+    for g, _ in sorted(root_of_group.items(), key=lambda kv: kv[1]):
+        for part in pending[g]:
+            segments_of[g].append(len(segments) + len(extra))
+            extra.append(part)
+    segments += extra
+    seg_of_class = {c: sid for sid, cs in enumerate(segments) for c in cs}
+    class_index = {c: i for cs in segments for i, c in enumerate(cs)}
+
+    fixed: dict[int, str] = {}
+
+    def fix_set(g: int, reason: str) -> None:
+        for sid in segments_of[g]:
+            fixed.setdefault(sid, reason)
+
     for a, reason in tk.fixed.items():
         g = tk.groups.find(a)
-        if g in root_of_group:
-            fixed_groups.setdefault(g, reason)
+        if g not in root_of_group:
+            continue
+        c = tk.classes.find(a)
+        if c in seg_of_class:
+            fixed.setdefault(seg_of_class[c], reason)
+        else:  # fixed somewhere no layer reads: conservatively, the whole joined set
+            fix_set(g, reason)
     members: dict[int, list[tuple[str, str, list[int], list[int]]]] = defaultdict(list)
     for (path, role), atoms in tk.sites.items():
         per_group: dict[int, tuple[list[int], list[int]]] = {}
@@ -211,49 +275,54 @@ def _assemble(tk: Tracker) -> tuple[list[ChannelGroup], dict[int, tuple[int, int
             g = tk.groups.find(a)
             if g not in root_of_group:
                 continue
-            c = class_index[g].get(tk.classes.find(a))
-            if c is None:
-                fixed_groups.setdefault(g, f"{path} reads channels no layer produces")
+            c = tk.classes.find(a)
+            if c not in seg_of_class:
+                fix_set(g, f"{path} reads channels no layer produces")
                 continue
-            positions, classes = per_group.setdefault(g, ([], []))
+            positions, classes = per_group.setdefault(seg_of_class[c], ([], []))
             positions.append(pos)
-            classes.append(c)
-        for g, (positions, classes) in per_group.items():
+            classes.append(class_index[c])
+        for sid, (positions, classes) in per_group.items():
             counts = defaultdict(int)
             for c in classes:
                 counts[c] += 1
-            if len(counts) != len(group_classes[g]) or len(set(counts.values())) != 1:
-                # FLOPs would depend on which channels are kept, not only how many: keep it whole.
-                fixed_groups.setdefault(g, f"{path} ({role}) sees only part of the group's channels")
-            members[g].append((path, role, positions, classes))
+            if len(counts) != len(segments[sid]) or len(set(counts.values())) != 1:  # pragma: no cover
+                # Segments are made so that this cannot happen; FLOPs would depend on which channels are kept.
+                fixed.setdefault(sid, f"{path} ({role}) sees only part of the group's channels")
+            members[sid].append((path, role, positions, classes))
+
+    block_segments: dict[int, set[int]] = defaultdict(set)
+    for c, sid in seg_of_class.items():
+        block_segments[tk.blocks.find(c)].add(sid)
+    for sids in block_segments.values():
+        if len(sids) > 1:
+            for sid in sids:
+                fixed.setdefault(sid, "a block of channels that must go together spans channels different layers see")
 
     groups: list[ChannelGroup] = []
-    atom_class: dict[int, tuple[int, int]] = {}
-    for g, gid in sorted(root_of_group.items(), key=lambda kv: kv[1]):
-        size = len(group_classes[g])
-        group = ChannelGroup(id=gid, size=size)
-        for path, role, positions, classes in members[g]:
+    for sid, classes_of in enumerate(segments):
+        group = ChannelGroup(id=sid, size=len(classes_of))
+        for path, role, positions, classes in members[sid]:
             member = Member(path, role, tuple(positions), tuple(classes))
             (group.producers if role == "out" else group.consumers if role == "in" else group.members).append(member)
         block_of: dict[int, list[int]] = defaultdict(list)
-        for c_root, i in class_index[g].items():
-            block_of[tk.blocks.find(c_root)].append(i)
+        for i, c in enumerate(classes_of):
+            block_of[tk.blocks.find(c)].append(i)
         blocks = sorted(tuple(sorted(b)) for b in block_of.values())
         if any(len(b) > 1 for b in blocks):
             group.blocks = blocks
             widths = {len(b) for b in blocks}
             if len(widths) != 1:
-                fixed_groups.setdefault(g, "blocks of different widths")
+                fixed.setdefault(sid, "blocks of different widths")
             group.round_to = group.min_keep = max(widths)
-        if g in fixed_groups:
-            group.prunable, group.reason = False, fixed_groups[g]
+        if sid in fixed:
+            group.prunable, group.reason = False, fixed[sid]
         groups.append(group)
+    atom_class: dict[int, tuple[int, int]] = {}
     for a in range(len(tk.classes.parent)):
-        g = tk.groups.find(a)
-        if g in root_of_group:
-            c = class_index[g].get(tk.classes.find(a))
-            if c is not None:
-                atom_class[a] = (root_of_group[g], c)
+        c = tk.classes.find(a)
+        if c in seg_of_class:
+            atom_class[a] = (seg_of_class[c], class_index[c])
     return groups, atom_class
 
 

@@ -34,6 +34,7 @@ from ..errors import UserError
 from ..files import write_json
 from .atoms import TensorInfo
 from .groups import ChannelGraph, ChannelGroup, trace_channels
+from .index_ops import keep_of, rewrite_index_ops
 from .layers import handler_for
 
 __all__ = ["ChannelPlan", "fingerprint", "keep_positions", "random_plan"]
@@ -108,7 +109,8 @@ def _get_owner(model: nn.Module, path: str) -> tuple[nn.Module, str]:
 
 
 def _slice_model(model: nn.Module, graph: ChannelGraph, kept: Mapping[int, Sequence[int]]) -> None:
-    """Slices ``model`` (whose architecture ``graph`` was traced from) in place."""
+    """Slices ``model`` (whose architecture ``graph`` was traced from) in place; a module that calls a
+    channel index op with other constants after the cut is replaced by its rewritten fx trace."""
     positions = keep_positions(graph, kept)
     by_module: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
     changed: set[str] = set()
@@ -131,6 +133,8 @@ def _slice_model(model: nn.Module, graph: ChannelGraph, kept: Mapping[int, Seque
             if handler is None:  # pragma: no cover - sites are only recorded for handled modules
                 raise AssertionError(f"no handler to slice {path}")
             handler.slice(module, by_module[path])
+    # Channel pads, slices and splits with the pruned constants, in the modules that call them.
+    rewrite_index_ops(model, graph.index_ops, keep_of(graph.atom_class, kept))
 
 
 def _apply_mask(x: torch.Tensor, keep: torch.Tensor, dim: int) -> torch.Tensor:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from ..registry import Registry
 from .atoms import ParamInfo, TensorInfo, Tracker, untracked_like
+from .index_ops import IndexOp, index_target
 from .trace import flat, where
 
 __all__ = [
@@ -54,6 +55,8 @@ class RuleContext(Protocol):
 
     tk: Tracker
     param_shapes: dict[str, tuple[int, ...]]
+    index_ops: list[IndexOp]
+    occurrence: dict[fx.Node, tuple[str, int]]
 
 
 Rule = Callable[[RuleContext, fx.Node, list, dict, Any], Any]
@@ -102,6 +105,22 @@ def on_tracked(rule: Rule) -> Rule:
         return rule(w, node, args, kwargs, shape)
 
     return wrapped
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _record(w: RuleContext, node: fx.Node, kind: str, x: TensorInfo, pieces: list[list[int]], params,
+            position: int = 0) -> bool:  # fmt: skip
+    """Records a channel index op (see :mod:`.index_ops`); False when the model's own forward calls it
+    (it could not be rewritten: the caller treats the op as opaque)."""
+    owner, occurrence = w.occurrence[node]
+    if not owner:
+        return False
+    w.index_ops.append(IndexOp(kind, owner, index_target(node), occurrence, x.cdim, tuple(x.atoms),
+                               tuple(tuple(p) for p in pieces), tuple(params), position))  # fmt: skip
+    return True
 
 
 def _arg(args: list, kwargs: dict, i: int, name: str, default: Any = None) -> Any:
@@ -270,11 +289,34 @@ def _interpolate(w: RuleContext, node, args, kwargs, shape):
 
 @on_tracked
 def _pad(w: RuleContext, node, args, kwargs, shape):
+    """Spatial padding passes channels on. Constant padding of the channels (option-A shortcuts)
+    puts atoms of its own before and after the input's: an index op (:mod:`.index_ops`)."""
     x, pad = args[0], _arg(args, kwargs, 1, "pad")
     padded = [len(x.shape) - 1 - i for i in range(len(pad) // 2) if pad[2 * i] or pad[2 * i + 1]]
-    if x.cdim in padded:
-        return OPAQUE  # channel padding: a constant that would be wrong after pruning
-    return w.tk.tensor(x.cdim, x.atoms, shape)
+    if x.cdim not in padded:
+        return w.tk.tensor(x.cdim, x.atoms, shape)
+    pair = len(x.shape) - 1 - x.cdim
+    front, back = pad[2 * pair], pad[2 * pair + 1]
+    if _arg(args, kwargs, 2, "mode", "constant") != "constant" or not all(_is_int(v) and v >= 0 for v in (front, back)):
+        return OPAQUE  # copies of channels (reflect, replicate), crops, or run-time amounts
+    atoms = w.tk.fresh(front, producer=False) + x.atoms + w.tk.fresh(back, producer=False)
+    if not _record(w, node, "pad", x, [atoms], (front, back), pair):
+        return OPAQUE
+    return w.tk.tensor(x.cdim, atoms, shape)
+
+
+@on_tracked
+def _narrow(w: RuleContext, node, args, kwargs, shape):
+    x, dim, start, length = args[0], _arg(args, kwargs, 1, "dim"), _arg(args, kwargs, 2, "start"), \
+        _arg(args, kwargs, 3, "length")  # fmt: skip
+    if not all(_is_int(v) for v in (dim, start, length)):
+        return OPAQUE
+    if dim % len(x.shape) != x.cdim:
+        return w.tk.tensor(x.cdim, x.atoms, shape)
+    start %= len(x.atoms)
+    if not _record(w, node, "narrow", x, [x.atoms[start : start + length]], (start, start + length)):
+        return OPAQUE
+    return w.tk.tensor(x.cdim, x.atoms[start : start + length], shape)
 
 
 @on_tracked
@@ -299,19 +341,29 @@ def _getitem(w: RuleContext, node, args, kwargs, shape):
     if x.cdim is None:
         return w.tk.untracked(shape)
     index = index if isinstance(index, tuple) else (index,)
-    if any(i is Ellipsis for i in index):
+    ellipsis = any(i is Ellipsis for i in index)
+    if ellipsis:
         at = index.index(Ellipsis)
         fill = len(x.shape) - sum(1 for i in index if i is not None and i is not Ellipsis)
         index = index[:at] + (slice(None),) * fill + index[at + 1 :]
     in_dim = out_dim = 0
     cdim = None
-    for item in index:
+    atoms = x.atoms
+    for position, item in enumerate(index):
         if item is None:
             out_dim += 1
             continue
         if in_dim == x.cdim:
             if item != slice(None):
-                return OPAQUE  # channel selection by constant indices
+                # A range of channels with constant bounds is an index op; anything else (an index, a
+                # step, a list) selects channels by constants that pruning would make wrong.
+                if ellipsis or not isinstance(item, slice) or item.step not in (None, 1) \
+                        or not all(v is None or _is_int(v) for v in (item.start, item.stop)):  # fmt: skip
+                    return OPAQUE
+                start, stop, _ = item.indices(len(x.atoms))
+                atoms = x.atoms[start:stop] if stop > start else []
+                if not atoms or not _record(w, node, "slice", x, [atoms], (start, start + len(atoms)), position):
+                    return OPAQUE
             cdim = out_dim
         if isinstance(item, slice):
             out_dim += 1
@@ -320,11 +372,12 @@ def _getitem(w: RuleContext, node, args, kwargs, shape):
         in_dim += 1
     if cdim is None:
         cdim = out_dim + (x.cdim - in_dim)
-    return w.tk.tensor(cdim, x.atoms, shape)
+    return w.tk.tensor(cdim, atoms, shape)
 
 
 def _split(w: RuleContext, node, args, kwargs, shape):
-    """chunk/split/unbind: along the channels the pieces' sizes are constants -> opaque."""
+    """chunk/split/unbind: along other axes the channels pass on to every piece; chunk/split along
+    the channels cut them into consecutive pieces (an index op); unbind along them is opaque."""
     x = args[0]
     dim = _arg(args, kwargs, 2, "dim", 0)
     if node.target == "unbind" or getattr(node.target, "__name__", "") == "unbind":
@@ -334,7 +387,16 @@ def _split(w: RuleContext, node, args, kwargs, shape):
     if x.cdim is None:
         return untracked_like(shape)
     if dim % len(x.shape) == x.cdim:
-        return OPAQUE
+        if not _is_int(dim) or any(len(s) != len(x.shape) for s in shape):
+            return OPAQUE  # unbind: the channel axis goes
+        pieces, start = [], 0
+        for s in shape:
+            pieces.append(x.atoms[start : start + s[x.cdim]])
+            start += s[x.cdim]
+        if start != len(x.atoms) or not all(pieces) or not _record(w, node, "split", x, pieces,
+                                                                    [len(p) for p in pieces]):  # fmt: skip
+            return OPAQUE
+        return [w.tk.tensor(x.cdim, p, s) for p, s in zip(pieces, shape, strict=True)]
     return [w.tk.tensor(x.cdim - (len(x.shape) - len(s)), x.atoms, s) for s in shape]
 
 
@@ -366,6 +428,7 @@ register_function(torch.permute, "permute")(_permute)
 register_function(torch.transpose, "transpose")(_transpose)
 register_function(torch.mean, torch.sum, torch.amax, "mean", "sum", "amax")(_reduce)
 register_function(F.pad)(_pad)
+register_function(torch.narrow, "narrow")(_narrow)
 register_function(F.interpolate)(_interpolate)
 register_function(F.softmax, F.log_softmax, torch.softmax, "softmax", "log_softmax")(_softmax)
 register_function(F.layer_norm)(_layer_norm)

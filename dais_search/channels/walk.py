@@ -13,6 +13,7 @@ from typing import Any
 import torch.fx as fx
 
 from .atoms import ParamInfo, TensorInfo, Tracker, untracked_like
+from .index_ops import IndexOp, index_target, owner_of
 from .layers import handler_for
 from .rules import OPAQUE, rule_for
 from .trace import flat, op_name, where
@@ -37,6 +38,9 @@ class Walker:
         self.calls: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
         self.param_shapes: dict[str, tuple[int, ...]] = {}
         self.unknown: dict[str, list[str]] = defaultdict(list)
+        self.index_ops: list[IndexOp] = []  # channel pads, slices, splits followed (see .index_ops)
+        self._calls_in: dict[tuple[str, str], int] = defaultdict(int)  # calls of an op per owning module
+        self.occurrence: dict[fx.Node, tuple[str, int]] = {}  # node -> (owner, earlier calls of its op there)
 
     # -- helpers -------------------------------------------------------------------------------
     def value(self, arg: Any) -> Any:
@@ -110,6 +114,9 @@ class Walker:
         return out
 
     def call_function(self, node: fx.Node, shape: Any) -> Any:
+        key = (owner_of(node), index_target(node))
+        self.occurrence[node] = (key[0], self._calls_in[key])
+        self._calls_in[key] += 1
         rule = rule_for(node)
         args = [self.value(a) for a in node.args]
         kwargs = {k: self.value(v) for k, v in node.kwargs.items()}

@@ -65,14 +65,17 @@ def test_ignore_of_a_missing_layer_raises():
 # A producer seeing part of a group
 
 
-def test_producer_seeing_part_of_a_group_keeps_it_whole():
+def test_producers_seeing_parts_of_a_sum_make_one_group_per_part():
+    # b's channels are a's followed by c's: a's four (seen by a and b) and c's four (by c and b) are two
+    # groups; the second gets the next free id, after the groups of the model without parts.
     groups, warned = analyse(CatPlusConv())
     assert warned == []
-    assert summary(groups) == [("a", 8, False), ("head", 5, False)]
-    g = groups[0]
-    assert names(g.producers) == ["a", "c", "b"]
-    assert only(g.producers, "c").classes == (4, 5, 6, 7)
-    assert "sees only part of the group's channels" in g.reason
+    assert summary(groups) == [("a", 4, True), ("head", 5, False), ("c", 4, True)]
+    first, second = groups[0], groups[2]
+    assert names(first.producers) == ["a", "b"] and names(second.producers) == ["c", "b"]
+    assert only(first.producers, "b").positions == (0, 1, 2, 3)
+    assert only(second.producers, "b").positions == (4, 5, 6, 7)
+    assert only(second.producers, "c").classes == (0, 1, 2, 3)
 
 # ----------------------------------------------------------------------------------------------
 # Unknown functions and modules: blocked, warned once
@@ -125,17 +128,27 @@ def resnet20_groups():
     return analyse(create_model("resnet20"), shape=(1, 3, 32, 32))
 
 
-def test_resnet20_option_a_prunes_only_inner_groups(resnet20_groups):
+def test_resnet20_option_a_prunes_inner_groups_and_the_streams_through_the_pads(resnet20_groups):
     groups, warned = resnet20_groups
-    prunable = [g for g in groups if g.prunable]
-    assert [g.size for g in prunable] == [16] * 3 + [32] * 3 + [64] * 3
-    assert [g.name for g in prunable] == [f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3)]
-    for g in prunable:
+    assert warned == []  # the shortcut's channel pad is followed
+    inner = [g for g in groups if g.prunable and g.name.endswith("conv1") and g.name != "conv1"]
+    assert [g.size for g in inner] == [16] * 3 + [32] * 3 + [64] * 3
+    assert [g.name for g in inner] == [f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3)]
+    for g in inner:
         assert names(g.producers) == [g.name]
         assert names(g.consumers) == [g.name.replace("conv1", "conv2")]
         assert names(g.members) == [g.name.replace("conv1", "bn1")]
-    assert len(warned) == 1 and "through pad" in warned[0] and "shortcut" in warned[0]
-    assert groups[-1].name == "linear" and not groups[-1].prunable
+    # The residual stream: stage 1's 16 channels run through stages 2 and 3 (in the middle of the padded
+    # ones), the 16 that stage 2's pad adds through stage 3, and stage 3's own 32: three groups.
+    streams = [g for g in groups if g.prunable and g not in inner]
+    assert [(g.name, g.size) for g in streams] == [("conv1", 16), ("layer2.0.conv2", 16), ("layer3.0.conv2", 32)]
+    one, two, three = streams
+    assert only(one.producers, "layer2.2.conv2").positions == tuple(range(8, 24))
+    assert only(one.producers, "layer3.0.conv2").positions == tuple(range(24, 40))
+    assert only(two.producers, "layer3.1.conv2").positions == (*range(16, 24), *range(40, 48))
+    assert only(three.producers, "layer3.2.conv2").positions == (*range(16), *range(48, 64))
+    assert "linear" in names(three.consumers) and "layer1.0.conv1" not in names(two.consumers)
+    assert [g.name for g in groups if not g.prunable] == ["linear"]
 
 
 def test_resnet20_option_b_prunes_everything_but_the_logits():

@@ -144,30 +144,36 @@ def test_flops_model_soft_widths_interpolate_between_plans():
     assert count_flops(model, shape) * 0.2 < float(half) < count_flops(model, shape) * 0.5
 
 
-def resnet20_flops(widths: list[int]) -> int:
-    """FLOPs of a CIFAR ResNet-20 (batch 1, 32x32) whose nine blocks keep ``widths`` inner channels,
-    by the closed form 2 x H x W x k^2 x C_in x C_out per conv, plus the classifier."""
-    flops = 2 * 32 * 32 * 9 * 3 * 16  # stem
+def resnet20_flops(widths: list[int], streams: list[int] = (16, 16, 32)) -> int:
+    """FLOPs of a CIFAR ResNet-20 (batch 1, 32x32) whose nine blocks keep ``widths`` inner channels and
+    whose residual streams keep ``streams`` (stage 1's channels, those stage 2's pad adds, those stage
+    3's adds: the stream of stage s is the sum of the first s), by the closed form
+    2 x H x W x k^2 x C_in x C_out per conv, plus the classifier."""
+    s1 = streams[0]
+    s2, s3 = s1 + streams[1], s1 + streams[1] + streams[2]
+    flops = 2 * 32 * 32 * 9 * 3 * s1  # stem
     block = 0
-    for c_in, c, size in [(16, 16, 32), (16, 32, 16), (32, 64, 8)]:
+    for c_in, c, size in [(s1, s1, 32), (s1, s2, 16), (s2, s3, 8)]:
         for b in range(3):
             k = widths[block]
             first_in = c_in if b == 0 else c
             flops += 2 * size * size * 9 * first_in * k + 2 * size * size * 9 * k * c
             block += 1
-    return flops + 2 * 64 * 10
+    return flops + 2 * s3 * 10
 
 
 def test_plan_flops_match_the_closed_form_for_resnet20():
     model = create_model("resnet20")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        graph = trace_channels(model, torch.zeros(1, 3, 32, 32))
-    inner = [g for g in graph.groups if g.prunable]
-    assert [g.name for g in inner] == [f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3)]
-    widths = [3, 16, 9, 1, 32, 20, 64, 7, 40]
-    plan = ChannelPlan.create(model, {g.id: list(range(k)) for g, k in zip(inner, widths, strict=True)},
-                              (1, 3, 32, 32), graph=graph)  # fmt: skip
+    graph = trace_channels(model, torch.zeros(1, 3, 32, 32))
+    by_name = {g.name: g for g in graph.groups if g.prunable}
+    inner = [by_name[f"layer{s}.{b}.conv1"] for s in (1, 2, 3) for b in range(3)]
+    streams = [by_name[n] for n in ("conv1", "layer2.0.conv2", "layer3.0.conv2")]
+    widths, kept_streams = [3, 16, 9, 1, 32, 20, 64, 7, 40], [11, 5, 30]
+    kept = {g.id: list(range(k)) for g, k in zip([*inner, *streams], [*widths, *kept_streams], strict=True)}
+    plan = ChannelPlan.create(model, kept, (1, 3, 32, 32), graph=graph)
     assert plan.dense_flops == resnet20_flops([g.size for g in inner]) == 81_102_080
-    assert plan.flops == resnet20_flops(widths)
-    assert plan.flops != resnet20_flops([w + (i == 4) for i, w in enumerate(widths)])  # one channel more differs
+    assert plan.flops == resnet20_flops(widths, kept_streams)
+    assert plan.flops != resnet20_flops(widths, [11, 6, 30])  # one channel more differs
+    inner_only = ChannelPlan.create(model, {g.id: list(range(k)) for g, k in zip(inner, widths, strict=True)},
+                                    (1, 3, 32, 32), graph=graph)  # fmt: skip
+    assert inner_only.flops == resnet20_flops(widths)

@@ -3,9 +3,12 @@ reductions, softmax, interpolate; what passes channels through and what blocks t
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from toy_models import (
     Between,
     CatInput,
@@ -23,10 +26,12 @@ from toy_models import (
     names,
     one_thread,  # noqa: F401 - autouse: one intra-op thread for these tiny nets
     only,
+    randomise,
     summary,
 )
 
-from dais_search.channels import find_channel_groups
+from dais_search.channels import ChannelPlan, find_channel_groups, random_plan, trace_channels
+from dais_search.cost import count_flops
 
 # ----------------------------------------------------------------------------------------------
 # Element-wise ops: add and mul tie their operands; per-channel tensors are sliced with them
@@ -176,7 +181,8 @@ def test_view_with_computed_channel_count_passes():
     identity(only(groups[0].consumers, "head"), 16)
 
 # ----------------------------------------------------------------------------------------------
-# Channel padding, slicing and chunking block; spatial ones do not
+# Channel padding, slicing, narrowing and chunking are followed; other channel selections block;
+# spatial ones pass channels on
 
 
 def _chunk_add(x):
@@ -189,23 +195,104 @@ def _torch_chunk_mul(x):
     return a * b
 
 
+def _split_cat(x):
+    a, b = torch.split(x, [3, 5], dim=1)
+    return torch.cat([b, a.relu()], 1)
+
+
 @pytest.mark.parametrize(
-    ("fn", "head_in", "op"),
+    ("fn", "head_in", "expected"),
     [
-        (lambda x: F.pad(x, (0, 0, 0, 0, 2, 2)), 12, "pad"),
-        (lambda x: x[:, :4], 4, "getitem"),
-        (lambda x: x[:, 4:], 4, "getitem"),
-        (lambda x: x[:, [0, 2, 4]], 3, "getitem"),
-        (_chunk_add, 4, "Tensor.chunk"),
-        (_torch_chunk_mul, 4, "chunk"),
+        # The padded channels are constants no layer produces: the head keeps reading them.
+        (lambda x: F.pad(x, (0, 0, 0, 0, 2, 2)), 12, [("conv", 8, True), ("head", 5, False)]),
+        # The channels a slice drops are read by nobody: a group of their own (the conv alone).
+        (lambda x: x[:, :4], 4, [("conv", 4, True), ("head", 5, False), ("conv", 4, True)]),
+        (lambda x: x[:, 4:], 4, [("conv", 4, True), ("head", 5, False), ("conv", 4, True)]),
+        (lambda x: x.narrow(1, 2, 3), 3, [("conv", 5, True), ("head", 5, False), ("conv", 3, True)]),
+        # Adding (multiplying) the two halves makes channel c and c + 4 one channel: 4 of them.
+        (_chunk_add, 4, [("conv", 4, True), ("head", 5, False)]),
+        (_torch_chunk_mul, 4, [("conv", 4, True), ("head", 5, False)]),
+        # Every channel reaches the head once, in another order: one group.
+        (_split_cat, 8, [("conv", 8, True), ("head", 5, False)]),
     ],
-    ids=["pad", "slice-head", "slice-tail", "index-list", "chunk-method", "chunk-function"],
+    ids=["pad", "slice-head", "slice-tail", "narrow", "chunk-method", "chunk-function", "split-cat"],
 )
-def test_channel_pad_slice_and_chunk_block(fn, head_in, op):
-    with pytest.warns(UserWarning, match=rf"cannot follow channels through {op} \(at mid\)"):
-        groups = find_channel_groups(Between(Lambda(fn), head_in), torch.randn(2, 3, 6, 6))
-    assert summary(groups) == [("conv", 8, False), ("head", 5, False)]
-    assert groups[0].reason == f"{op} at mid"
+def test_channel_pad_slice_narrow_and_chunk_are_followed(fn, head_in, expected):
+    model = Between(Lambda(fn), head_in)
+    groups, warned = analyse(model)
+    assert warned == []
+    assert summary(groups) == expected
+    graph = trace_channels(model, torch.randn(2, 3, 6, 6))
+    assert [op.owner for op in graph.index_ops] == ["mid"]
+    # Pruned (the op rewritten with the pruned constants) equals masked, for plans keeping 1, 2, ... channels.
+    model = randomise(model)
+    x = torch.randn(3, 3, 6, 6)
+    for seed in range(4):
+        plan = random_plan(model, (1, 3, 6, 6), keep=0.3 + 0.15 * seed, seed=seed)
+        pruned = plan.apply(model)
+        with torch.no_grad():
+            torch.testing.assert_close(pruned(x), plan.mask(model)(x), rtol=1e-4, atol=1e-5)
+        assert count_flops(pruned, (1, 3, 6, 6)) == plan.flops
+
+
+class PadResidual(nn.Module):
+    """The option-A shortcut in small: a's 4 channels padded by 2 + 2 zeros, added to b's 8."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 5, 1)
+        self.shortcut = Lambda(lambda x: F.pad(x, (0, 0, 0, 0, 2, 2)))
+
+    def forward(self, x):
+        return self.head(torch.relu(self.shortcut(self.a(x)) + self.b(x)))
+
+
+def test_a_padded_shortcut_makes_two_groups_and_prunes_both():
+    groups, warned = analyse(PadResidual())
+    assert warned == []
+    # a's channels (b's positions 2-5 too) and the padded ones (b's 0, 1, 6, 7): two groups.
+    assert summary(groups) == [("a", 4, True), ("head", 5, False), ("b", 4, True)]
+    assert only(groups[0].producers, "b").positions == (2, 3, 4, 5)
+    assert only(groups[2].producers, "b").positions == (0, 1, 6, 7)
+    model, x = randomise(PadResidual()), torch.randn(3, 3, 6, 6)
+    plan = ChannelPlan.create(model, {0: [1, 2], 2: [0, 3]}, (1, 3, 6, 6))  # pads kept: 1 before, 1 after
+    pruned = plan.apply(model)
+    assert isinstance(pruned.shortcut, torch.fx.GraphModule)
+    assert "(0, 0, 0, 0, 1, 1)" in pruned.shortcut.code
+    assert pruned.b.out_channels == 4 and pruned.a.out_channels == 2
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), plan.mask(model)(x), rtol=1e-4, atol=1e-5)
+        # The negative controls: the dense pad amounts do not fit; pads kept on the wrong side differ.
+        pruned.shortcut = model.shortcut
+        with pytest.raises(RuntimeError):
+            pruned(x)
+        pruned.shortcut = Lambda(lambda t: F.pad(t, (0, 0, 0, 0, 2, 0)))
+        assert not torch.allclose(pruned(x), plan.mask(model)(x), atol=1e-3)
+    assert count_flops(plan.apply(model), (1, 3, 6, 6)) == plan.flops
+
+
+class _RootPad(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(12, 5, 1)
+
+    def forward(self, x):
+        return self.head(F.pad(self.conv(x), (0, 0, 0, 0, 2, 2)))
+
+
+@pytest.mark.parametrize(
+    ("model", "op", "where"),
+    [
+        (Between(Lambda(lambda x: x[:, [0, 2, 4]]), 3), "getitem", "mid"),
+        (Between(Lambda(lambda x: x[:, ::2]), 4), "getitem", "mid"),
+        (_RootPad(), "pad", "(model)"),
+    ],
+    ids=["index-list", "slice-step", "pad-in-root-forward"],
+)
+def test_other_channel_selections_block(model, op, where):
+    with pytest.warns(UserWarning, match=rf"cannot follow channels through {op} \(at {re.escape(where)}\)"):
+        groups = find_channel_groups(model, torch.randn(2, 3, 6, 6))
+    assert not groups[0].prunable and groups[0].reason == f"{op} at {where}"
 
 
 @pytest.mark.parametrize(

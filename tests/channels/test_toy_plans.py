@@ -31,6 +31,7 @@ from toy_models import (
 
 from dais_search.channels import ChannelPlan, random_plan
 from dais_search.errors import UserError
+from dais_search.models import create_model
 
 # ----------------------------------------------------------------------------------------------
 # Slicing equals masking, and the negative control
@@ -57,6 +58,7 @@ E2E = {  # name: (builder, a layer of the pruned model to perturb for the negati
     "cat-input": (CatInput, "conv"),
     "cat-twice": (lambda: CatInput(twice=True), "conv"),
     "prelu-upsample": (lambda: Between(nn.Sequential(nn.PReLU(8), nn.Upsample(scale_factor=2)), 8), "conv"),
+    "option-a-resnet8": (lambda: create_model("resnet8"), "layer1.0.conv1"),  # streams through the pads
 }
 
 
