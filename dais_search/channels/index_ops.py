@@ -168,6 +168,8 @@ def rewrite_index_ops(model: nn.Module, ops: Sequence[IndexOp], keep: Callable[[
             if op.occurrence >= len(nodes):  # pragma: no cover - the analysis traced the same code
                 raise AssertionError(f"{owner}: call {op.occurrence} of {op.target} not found in its trace")
             _rewrite(nodes[op.occurrence], op, params)
+        for node in gm.graph.nodes:
+            node.type = None  # fx's annotations (``x: _torch_Tensor_``) are names TorchScript cannot resolve
         gm.recompile()
         gm.train(module.training)
         parent, _, name = owner.rpartition(".")

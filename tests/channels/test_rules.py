@@ -262,6 +262,7 @@ def test_a_padded_shortcut_makes_two_groups_and_prunes_both():
     assert pruned.b.out_channels == 4 and pruned.a.out_channels == 2
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), plan.mask(model)(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(torch.jit.script(pruned)(x), pruned(x))  # the rewritten module scripts
         # The negative controls: the dense pad amounts do not fit; pads kept on the wrong side differ.
         pruned.shortcut = model.shortcut
         with pytest.raises(RuntimeError):

@@ -54,7 +54,7 @@ def test_baseline_writes_what_search_writes(tmp_path, capsys, method):
         (["baseline", "{budget}", "--method", "l1-uniform", "--set", "baseline.candidates=0"], "baseline.candidates"),
         (["baseline", "{budget}", "--method", "l1-uniform", "--set", "data.dataset=mnist"], "unknown data set"),
         (["run", "{budget}", "--method", "fpgm-random"], "unknown baseline method 'fpgm-random'"),
-        (["baseline", "{budget}", "--method", "l1-global", "--set", "budget.flops=1%"], 'raise it to at least "'),
+        (["baseline", "{budget}", "--method", "l1-global", "--set", "budget.flops=0.1%"], 'raise it to at least "'),
         (["baseline", "{budget}", "--method", "eagleeye", "--set", "budget.min_keep=100"], "budget.min_keep = 100"),
     ],
 )

@@ -74,7 +74,7 @@ def test_search_command_writes_plan_logs_and_resumes(tmp_path, capsys):
         (["search", "{budget}", "--resume", "--out", "{tmp}/fresh"], "holds no search state"),
         (["search", "{budget}", "--checkpoint", "{tmp}/missing.pt"], "model.checkpoint"),
         (["search", "{budget}", "--set", "data.dataset=mnist"], "unknown data set"),
-        (["search", "{budget}", "--set", "budget.flops=1%"], 'raise it to at least "'),
+        (["search", "{budget}", "--set", "budget.flops=0.1%"], 'raise it to at least "'),
         (["search", "{budget}", "--set", "budget.min_keep=100"], "budget.min_keep = 100 is more than group"),
         (["search", "{budget}", "--set", "budget.flops=1G"], "at or above the dense model's"),
         (["search", "{budget}", "--set", "data.dataset=cifar10", "--set", "data.data_dir={tmp}/nothing"],
