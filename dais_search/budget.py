@@ -69,6 +69,7 @@ class BudgetSpec:
     input_size: tuple[int, ...] = ()
     ignore: tuple[str, ...] = ()
     min_keep: int = 1
+    prune_streams: bool = True  # false: residual streams (groups several layers produce) are not pruned
 
 
 @dataclass(frozen=True)

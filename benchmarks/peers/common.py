@@ -8,12 +8,25 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from dais_search.channels import ChannelGraph
+from dais_search.channels import ChannelGraph, trace_channels
 from dais_search.errors import UserError
 
-__all__ = ["PRUNABLE", "output_difference", "parse_flops", "producers"]
+__all__ = ["PRUNABLE", "output_difference", "parse_flops", "peer_graph", "producers"]
 
 PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def peer_graph(dense: nn.Module, example: torch.Tensor, ignore: Sequence[str]) -> ChannelGraph:
+    """Our channel analysis of ``dense`` as the peers can prune it: groups whose channels pass a channel pad,
+    slice or split (an option-A shortcut's residual stream) stay whole, as they did before we followed those
+    ops; neither peer prunes through them (BENCH.md reports stream pruning as a separate row)."""
+    graph = trace_channels(dense, example, ignore, warn=False)
+    atoms = {a for op in graph.index_ops for a in (*op.in_atoms, *(x for piece in op.pieces for x in piece))}
+    touched = {graph.atom_class[a][0] for a in atoms if a in graph.atom_class}
+    for g in graph.groups:
+        if g.id in touched and g.prunable:
+            g.prunable, g.reason = False, "a channel pad, slice or split the peers cannot prune through"
+    return graph
 
 
 def producers(graph: ChannelGraph, dense: nn.Module, peer: str) -> dict[int, list]:

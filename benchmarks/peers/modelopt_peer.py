@@ -75,17 +75,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from dais_search.channels import ChannelGraph, ChannelPlan, FlopsModel, trace_channels
+from dais_search.channels import ChannelGraph, ChannelPlan, FlopsModel
 from dais_search.cost import count_flops, example_input
 from dais_search.errors import UserError
 from dais_search.files import write_json
 from dais_search.train import recalibrate_bn, to_model
 
 try:
-    from .common import PRUNABLE, output_difference, parse_flops
+    from .common import PRUNABLE, output_difference, parse_flops, peer_graph
     from .common import producers as group_producers
 except ImportError:  # run as a script, or imported with benchmarks/peers on sys.path (the tests)
-    from common import PRUNABLE, output_difference, parse_flops
+    from common import PRUNABLE, output_difference, parse_flops, peer_graph
     from common import producers as group_producers
 
 __all__ = [
@@ -344,7 +344,7 @@ def prune_with_fastnas(
         raise UserError("FastNAS needs score batches (held-out data) for its score function")
     dense = copy.deepcopy(model).eval()
     example = example_input(dense, input_shape)
-    graph = trace_channels(dense, example, ignore, warn=False)
+    graph = peer_graph(dense, example, ignore)
     producers = group_producers(graph, dense, "ModelOpt")
     if not producers:
         raise UserError("the model has no prunable channel groups (see the warnings of trace_channels)")

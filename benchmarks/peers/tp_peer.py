@@ -49,16 +49,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from dais_search.channels import ChannelGraph, ChannelPlan, FlopsModel, trace_channels
+from dais_search.channels import ChannelGraph, ChannelPlan, FlopsModel
 from dais_search.cost import count_flops, example_input
 from dais_search.errors import UserError
 from dais_search.files import write_json
 
 try:
-    from .common import PRUNABLE, output_difference, parse_flops
+    from .common import PRUNABLE, output_difference, parse_flops, peer_graph
     from .common import producers as group_producers
 except ImportError:  # run as a script, or imported with benchmarks/peers on sys.path (the tests)
-    from common import PRUNABLE, output_difference, parse_flops
+    from common import PRUNABLE, output_difference, parse_flops, peer_graph
     from common import producers as group_producers
 
 __all__ = [
@@ -254,7 +254,7 @@ def _prune(tp, model, input_shape, flops_target, ignore, mode, seed, importance,
     input_shape, ignore = tuple(int(s) for s in input_shape), tuple(ignore)
     dense = copy.deepcopy(model).eval()
     example = example_input(dense, input_shape)
-    graph = trace_channels(dense, example, ignore, warn=False)
+    graph = peer_graph(dense, example, ignore)
     producers = group_producers(graph, dense, "Torch-Pruning")
     if not producers:
         raise UserError("the model has no prunable channel groups (see the warnings of trace_channels)")

@@ -123,6 +123,7 @@ def trace_channels(
     example_input: torch.Tensor | tuple[torch.Tensor, ...],
     ignore: Iterable[str | nn.Module] = (),
     warn: bool = True,
+    streams: bool = True,
 ) -> ChannelGraph:
     """Runs the channel analysis (see the module docstring) and returns the full result.
 
@@ -136,6 +137,9 @@ def trace_channels(
         example_input: an input (or tuple of inputs) of the shape the model will see.
         ignore: module paths or modules whose output channels must not be pruned.
         warn: warn about operations that block pruning (off when replaying a plan).
+        streams: whether residual streams may be pruned; false marks every group that more than one
+            layer produces (channels tied by residual additions) unprunable. Plans made either way
+            replay on the default analysis.
     """
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     gm, opaque_modules, shapes = trace_with_shapes(model, inputs)
@@ -160,6 +164,10 @@ def trace_channels(
 
     index_ops = _followed_index_ops(model, walkers)
     groups, atom_class = _assemble(tk)
+    if not streams:
+        for g in groups:
+            if g.prunable and len({p.name for p in g.producers}) > 1:
+                g.prunable, g.reason = False, "a residual stream (budget.prune_streams = false)"
     if warn:
         _warn(walkers, groups)
     infos = {n.name: walker.info.get(n) for n in gm.graph.nodes}

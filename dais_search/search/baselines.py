@@ -12,7 +12,9 @@ an importance criterion (:mod:`.importance`; which channels):
   (adaptive BN), the best held-out accuracy wins.
 
 A method name is ``<criterion>-uniform``, ``<criterion>-global`` or ``eagleeye``
-(:func:`parse_method`), e.g. ``fpgm-uniform`` or ``l1-global``.
+(:func:`parse_method`), e.g. ``fpgm-uniform`` or ``l1-global``. Every plan function takes
+``ignore`` (layers whose outputs stay), ``min_keep`` and ``prune_streams`` (false: residual
+streams stay whole, the budget's ``prune_streams``) as the search does.
 
 Example:
     >>> plan = uniform_plan(model, (1, 3, 32, 32), flops_target=0.5 * count_flops(model))
@@ -66,11 +68,11 @@ def parse_method(method: str) -> tuple[str, str]:
 
 
 def _setup(model: nn.Module, input_shape: Sequence[int], flops_target: float, ignore: Iterable[str],
-           min_keep: int = 1):  # fmt: skip
+           min_keep: int = 1, prune_streams: bool = True):  # fmt: skip
     example = torch.zeros(tuple(input_shape), device=next(model.parameters()).device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the caller has seen the blocked-op warnings already
-        graph = trace_channels(model, example, tuple(ignore))
+        graph = trace_channels(model, example, tuple(ignore), streams=prune_streams)
     fm = FlopsModel(graph, model, example)
     check_feasible(fm, flops_target, None, min_keep, "the FLOPs target")
     return graph, fm, floor_widths(fm, min_keep)
@@ -97,6 +99,7 @@ def uniform_plan(
     max_batches: int | None = None,
     seed: int = 0,
     min_keep: int = 1,
+    prune_streams: bool = True,
 ) -> ChannelPlan:
     """Keeps the same fraction of every prunable group, the largest whose FLOPs fit ``flops_target``,
     within a group the channels the ``criterion`` (see :mod:`.importance`) ranks highest; a data
@@ -110,7 +113,7 @@ def uniform_plan(
     a group: the criterion's scale differs from layer to layer.
     """
     get_importance(criterion)  # an unknown name fails before any work
-    graph, fm, floors = _setup(model, input_shape, flops_target, ignore, min_keep)
+    graph, fm, floors = _setup(model, input_shape, flops_target, ignore, min_keep, prune_streams)
     groups = fm.groups
 
     def widths(ratio: float) -> dict[int, int]:
@@ -162,13 +165,14 @@ def global_plan(
     max_batches: int | None = None,
     seed: int = 0,
     min_keep: int = 1,
+    prune_streams: bool = True,
 ) -> ChannelPlan:
     """Ranks the units (channels, or blocks of grouped convs) of all groups together by their
     criterion score divided by the mean score of their group, keeps the best ones down to the one
     threshold whose FLOPs fit ``flops_target``, then adds the next-best units that still fit.
     Every group keeps at least its minimum width (its best units)."""
     get_importance(criterion)
-    graph, fm, floors = _setup(model, input_shape, flops_target, ignore, min_keep)
+    graph, fm, floors = _setup(model, input_shape, flops_target, ignore, min_keep, prune_streams)
     groups = fm.groups
     scores = score_groups(model, graph, criterion, groups, batches, max_batches, seed)
     ranked = []  # (normalised score, group id, rank of the unit within its group), beyond each floor
@@ -249,6 +253,7 @@ def eagleeye_plan(
     seed: int = 0,
     tolerance: float = 0.005,
     min_keep: int = 1,
+    prune_streams: bool = True,
 ) -> ChannelPlan:
     """EagleEye: ``candidates`` random per-group keep-ratio vectors with FLOPs within ``tolerance``
     below ``flops_target``; each keeps its groups' top-``criterion`` channels, has its BN
@@ -263,7 +268,7 @@ def eagleeye_plan(
     """
     if candidates < 1:
         raise UserError(f"EagleEye needs at least 1 candidate, got {candidates}")
-    graph, fm, floors = _setup(model, input_shape, flops_target, ignore, min_keep)
+    graph, fm, floors = _setup(model, input_shape, flops_target, ignore, min_keep, prune_streams)
     groups = fm.groups
     scores = score_groups(model, graph, criterion, groups, seed=seed)
     rng = np.random.default_rng(seed)
@@ -305,6 +310,7 @@ def baseline_plan(
     eval_batches: int | None = None,
     seed: int = 0,
     min_keep: int = 1,
+    prune_streams: bool = True,
 ) -> ChannelPlan:
     """The plan of baseline ``method`` (see :func:`parse_method`). ``held_out`` (plain batches)
     feeds data criteria and EagleEye's scoring, ``recalibrate`` (training-style batches)
@@ -314,6 +320,8 @@ def baseline_plan(
         if held_out is None or recalibrate is None:
             raise UserError("eagleeye scores its candidates on held-out batches; give held_out and recalibrate")
         return eagleeye_plan(model, input_shape, flops_target, recalibrate, held_out, ignore, candidates,
-                             recalibrate_batches, eval_batches, criterion, seed, min_keep=min_keep)  # fmt: skip
+                             recalibrate_batches, eval_batches, criterion, seed, min_keep=min_keep,
+                             prune_streams=prune_streams)  # fmt: skip
     make = uniform_plan if allocation == "uniform" else global_plan
-    return make(model, input_shape, flops_target, ignore, criterion, held_out, score_batches, seed, min_keep)
+    return make(model, input_shape, flops_target, ignore, criterion, held_out, score_batches, seed, min_keep,
+                prune_streams)  # fmt: skip

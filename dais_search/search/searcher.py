@@ -84,7 +84,8 @@ class Searcher:
         spec = budget.search
         if spec.channels_last:
             set_channels_last(model)
-        self.graph: ChannelGraph = trace_channels(model, example_input, budget.budget.ignore)
+        self.graph: ChannelGraph = trace_channels(model, example_input, budget.budget.ignore,
+                                                  streams=budget.budget.prune_streams)
         self.flops_model = FlopsModel(self.graph, model, example_input)
         self.groups = self.flops_model.groups
         if not self.groups:

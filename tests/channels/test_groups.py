@@ -25,7 +25,8 @@ from toy_models import (
     summary,
 )
 
-from dais_search.channels import find_channel_groups
+from dais_search.channels import ChannelPlan, find_channel_groups, trace_channels
+from dais_search.errors import UserError
 from dais_search.models import create_model
 
 # ----------------------------------------------------------------------------------------------
@@ -180,3 +181,17 @@ def test_group_ids_are_stable(resnet20_groups):
     assert [g.id for g in first] == list(range(len(first)))
     assert [(g.id, g.size, g.name, g.prunable) for g in first] == [(g.id, g.size, g.name, g.prunable) for g in second]
     assert first == second
+
+
+def test_streams_false_keeps_every_residual_stream_whole():
+    model = create_model("resnet20")
+    graph = trace_channels(model, torch.zeros(1, 3, 32, 32), streams=False)
+    kept_whole = [g for g in graph.groups if not g.prunable and g.name != "linear"]
+    assert [g.name for g in kept_whole] == ["conv1", "layer2.0.conv2", "layer3.0.conv2"]
+    assert all(g.reason == "a residual stream (budget.prune_streams = false)" for g in kept_whole)
+    assert sum(g.prunable for g in graph.groups) == 9  # the inner groups
+    # A plan made with the streams whole replays on the default analysis, and one that cuts a stream is refused.
+    inner = {g.id: [0] for g in graph.groups if g.prunable}
+    assert ChannelPlan.create(model, inner, (1, 3, 32, 32), graph=graph).apply(model) is not None
+    with pytest.raises(UserError, match="a residual stream"):
+        ChannelPlan.create(model, {kept_whole[0].id: [0]}, (1, 3, 32, 32), graph=graph)

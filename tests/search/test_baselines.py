@@ -133,3 +133,16 @@ def test_method_names_parse_and_unknown_ones_list_the_choices():
     for bad in ("l1", "l1-random", "l9-uniform"):
         with pytest.raises(UserError, match="l1-uniform"):
             parse_method(bad)
+
+
+def test_baselines_keep_the_streams_whole_when_asked():
+    model = create_model("resnet20").eval()
+    target = 0.5 * count_flops(model, (1, 3, 32, 32))
+    streams = {"conv1", "layer2.0.conv2", "layer3.0.conv2"}
+    graph = trace_channels(model, torch.zeros(1, 3, 32, 32))
+    names = {g.id: g.name for g in graph.groups}
+    whole = uniform_plan(model, (1, 3, 32, 32), target, prune_streams=False)
+    cut = uniform_plan(model, (1, 3, 32, 32), target)
+    assert not streams & {names[g] for g in whole.kept}
+    assert streams <= {names[g] for g in cut.kept}
+    assert 0.99 * target <= whole.flops <= target and 0.99 * target <= cut.flops <= target
