@@ -24,7 +24,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .trace import _trace
+from .trace import symbolic_trace
 
 __all__ = ["IndexOp", "check_owners", "index_target", "keep_of", "new_params", "owner_of", "rewrite_index_ops"]
 
@@ -88,7 +88,7 @@ def check_owners(model: nn.Module, ops: Sequence[IndexOp]) -> dict[str, str]:
             codes = []
             for training in (False, True):
                 module.train(training)
-                codes.append(fx.GraphModule(module, _trace(module, set())).code)
+                codes.append(symbolic_trace(module)[0].code)
         except Exception as exc:  # noqa: BLE001 - any failure: not rewritable
             bad[owner] = f"{owner} cannot be traced alone ({type(exc).__name__})"
             continue
@@ -162,7 +162,7 @@ def rewrite_index_ops(model: nn.Module, ops: Sequence[IndexOp], keep: Callable[[
             by_owner.setdefault(owner, []).append((op, params))
     for owner, changes in by_owner.items():
         module = model.get_submodule(owner)
-        gm = fx.GraphModule(module, _trace(module, set()), class_name=type(module).__name__)
+        gm, _ = symbolic_trace(module)  # untraceable children become leaves, as in the model's trace
         for op, params in changes:
             nodes = _nodes_of(gm, op.target)
             if op.occurrence >= len(nodes):  # pragma: no cover - the analysis traced the same code
