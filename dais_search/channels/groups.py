@@ -216,9 +216,8 @@ def _assemble(tk: Tracker) -> tuple[list[ChannelGroup], dict[int, tuple[int, int
     Without index ops every layer sees all of a joined set's classes or none. Through a channel pad or
     slice it may not: the stream of stage 1 of an option-A ResNet is read by the layers of all stages,
     the channels its shortcut pads in only by the later stages. Each segment is a group of its own, so a
-    layer's width stays a sum of group widths (the FLOPs model's polynomial). The first segment of a
-    joined set keeps the id the set had before segments existed (plans stay valid); further segments
-    get ids after all of those.
+    layer's width stays a sum of group widths (the FLOPs model's polynomial). Groups are numbered by
+    where they are first produced.
     """
     root_of_group: dict[int, int] = {}
     group_classes: dict[int, list[int]] = {}
@@ -241,23 +240,26 @@ def _assemble(tk: Tracker) -> tuple[list[ChannelGroup], dict[int, tuple[int, int
             c = tk.classes.find(a)
             if c in member_classes:
                 signature[c][key] += 1
-    segments: list[list[int]] = []  # classes of each group, by id
-    extra: list[list[int]] = []
-    segments_of: dict[int, list[int]] = {}  # union-find root -> its segments' ids (first one primary)
-    pending: dict[int, list[list[int]]] = {}
-    for g, _ in sorted(root_of_group.items(), key=lambda kv: kv[1]):
-        parts: dict[frozenset, list[int]] = {}
-        for c in group_classes[g]:
-            parts.setdefault(frozenset(signature[c].items()), []).append(c)
-        ordered = list(parts.values())
-        segments_of[g] = [len(segments)]
-        segments.append(ordered[0])
-        pending[g] = ordered[1:]
-    for g, _ in sorted(root_of_group.items(), key=lambda kv: kv[1]):
-        for part in pending[g]:
-            segments_of[g].append(len(segments) + len(extra))
-            extra.append(part)
-    segments += extra
+    # Segments are numbered by where they are first produced (sites in graph order, then position), as
+    # groups were before index ops were followed: the option-A streams, for instance, keep their ids.
+    first_seen: dict[tuple[int, frozenset], int] = {}
+    parts: dict[tuple[int, frozenset], list[int]] = {}
+    order = 0
+    for (_path, role), atoms in tk.sites.items():
+        if role != "out":
+            continue
+        for a in atoms:
+            g, c = tk.groups.find(a), tk.classes.find(a)
+            key = (g, frozenset(signature[c].items()))
+            if key not in first_seen:
+                first_seen[key], order = order, order + 1
+            if c not in parts.setdefault(key, []):
+                parts[key].append(c)
+    keys = sorted(parts, key=first_seen.__getitem__)
+    segments = [parts[k] for k in keys]
+    segments_of: dict[int, list[int]] = defaultdict(list)  # union-find root -> its segments' ids
+    for sid, (g, _) in enumerate(keys):
+        segments_of[g].append(sid)
     seg_of_class = {c: sid for sid, cs in enumerate(segments) for c in cs}
     class_index = {c: i for cs in segments for i, c in enumerate(cs)}
 

@@ -68,11 +68,11 @@ def test_ignore_of_a_missing_layer_raises():
 
 def test_producers_seeing_parts_of_a_sum_make_one_group_per_part():
     # b's channels are a's followed by c's: a's four (seen by a and b) and c's four (by c and b) are two
-    # groups; the second gets the next free id, after the groups of the model without parts.
+    # groups, numbered where they are first produced.
     groups, warned = analyse(CatPlusConv())
     assert warned == []
-    assert summary(groups) == [("a", 4, True), ("head", 5, False), ("c", 4, True)]
-    first, second = groups[0], groups[2]
+    assert summary(groups) == [("a", 4, True), ("c", 4, True), ("head", 5, False)]
+    first, second = groups[0], groups[1]
     assert names(first.producers) == ["a", "b"] and names(second.producers) == ["c", "b"]
     assert only(first.producers, "b").positions == (0, 1, 2, 3)
     assert only(second.producers, "b").positions == (4, 5, 6, 7)

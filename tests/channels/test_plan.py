@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -177,3 +178,17 @@ def test_plan_flops_match_the_closed_form_for_resnet20():
     inner_only = ChannelPlan.create(model, {g.id: list(range(k)) for g, k in zip(inner, widths, strict=True)},
                                     (1, 3, 32, 32), graph=graph)  # fmt: skip
     assert inner_only.flops == resnet20_flops(widths)
+
+
+@pytest.mark.parametrize(
+    "name", ["search_resnet56_cifar10_keep50_plan.json", "search_vs_uniform_resnet56_keep30_frozen_plan.json"]
+)
+def test_plans_saved_before_streams_were_followed_still_replay(name):
+    # Group ids follow where groups are first produced, as before index ops were followed: these plans name
+    # inner groups by the ids they had then (the streams were unprunable), and must slice the same layers.
+    plan = ChannelPlan.load(Path(__file__).resolve().parents[2] / "benchmarks" / "results" / name)
+    model = create_model("resnet56")
+    graph = trace_channels(model, torch.zeros(plan.input_shape))
+    assert all(graph.groups[g].name.endswith(".conv1") and graph.groups[g].size == plan.group_sizes[g]
+               for g in plan.kept)  # fmt: skip
+    assert count_flops(plan.apply(model, graph), plan.input_shape) == plan.flops

@@ -206,9 +206,9 @@ def _split_cat(x):
         # The padded channels are constants no layer produces: the head keeps reading them.
         (lambda x: F.pad(x, (0, 0, 0, 0, 2, 2)), 12, [("conv", 8, True), ("head", 5, False)]),
         # The channels a slice drops are read by nobody: a group of their own (the conv alone).
-        (lambda x: x[:, :4], 4, [("conv", 4, True), ("head", 5, False), ("conv", 4, True)]),
-        (lambda x: x[:, 4:], 4, [("conv", 4, True), ("head", 5, False), ("conv", 4, True)]),
-        (lambda x: x.narrow(1, 2, 3), 3, [("conv", 5, True), ("head", 5, False), ("conv", 3, True)]),
+        (lambda x: x[:, :4], 4, [("conv", 4, True), ("conv", 4, True), ("head", 5, False)]),
+        (lambda x: x[:, 4:], 4, [("conv", 4, True), ("conv", 4, True), ("head", 5, False)]),
+        (lambda x: x.narrow(1, 2, 3), 3, [("conv", 5, True), ("conv", 3, True), ("head", 5, False)]),
         # Adding (multiplying) the two halves makes channel c and c + 4 one channel: 4 of them.
         (_chunk_add, 4, [("conv", 4, True), ("head", 5, False)]),
         (_torch_chunk_mul, 4, [("conv", 4, True), ("head", 5, False)]),
@@ -251,11 +251,11 @@ def test_a_padded_shortcut_makes_two_groups_and_prunes_both():
     groups, warned = analyse(PadResidual())
     assert warned == []
     # a's channels (b's positions 2-5 too) and the padded ones (b's 0, 1, 6, 7): two groups.
-    assert summary(groups) == [("a", 4, True), ("head", 5, False), ("b", 4, True)]
+    assert summary(groups) == [("a", 4, True), ("b", 4, True), ("head", 5, False)]
     assert only(groups[0].producers, "b").positions == (2, 3, 4, 5)
-    assert only(groups[2].producers, "b").positions == (0, 1, 6, 7)
+    assert only(groups[1].producers, "b").positions == (0, 1, 6, 7)
     model, x = randomise(PadResidual()), torch.randn(3, 3, 6, 6)
-    plan = ChannelPlan.create(model, {0: [1, 2], 2: [0, 3]}, (1, 3, 6, 6))  # pads kept: 1 before, 1 after
+    plan = ChannelPlan.create(model, {0: [1, 2], 1: [0, 3]}, (1, 3, 6, 6))  # pads kept: 1 before, 1 after
     pruned = plan.apply(model)
     assert isinstance(pruned.shortcut, torch.fx.GraphModule)
     assert "(0, 0, 0, 0, 1, 1)" in pruned.shortcut.code
