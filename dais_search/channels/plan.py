@@ -57,16 +57,9 @@ def fingerprint(model: nn.Module) -> str:
 
 def keep_positions(graph: ChannelGraph, kept: Mapping[int, Iterable[int]]) -> dict[tuple[str, str], torch.Tensor]:
     """Kept indices along every sliceable axis (``(path, role) -> LongTensor``) for a plan's groups."""
-    kept_sets = {g: set(v) for g, v in kept.items()}
-    out = {}
-    for key, atoms in graph.sites.items():
-        keep = []
-        for pos, atom in enumerate(atoms):
-            gc = graph.atom_class.get(atom)
-            if gc is None or gc[0] not in kept_sets or gc[1] in kept_sets[gc[0]]:
-                keep.append(pos)
-        out[key] = torch.tensor(keep, dtype=torch.long)
-    return out
+    keep = keep_of(graph.atom_class, kept)
+    return {key: torch.tensor([pos for pos, atom in enumerate(atoms) if keep(atom)], dtype=torch.long)
+            for key, atoms in graph.sites.items()}  # fmt: skip
 
 
 def _check_kept(groups: Sequence[ChannelGroup], kept: Mapping[int, Sequence[int]]) -> dict[int, list[int]]:
@@ -146,16 +139,13 @@ def _apply_mask(x: torch.Tensor, keep: torch.Tensor, dim: int) -> torch.Tensor:
 
 def _masked_copy(graph: ChannelGraph, kept: Mapping[int, Sequence[int]]) -> fx.GraphModule:
     gm = copy.deepcopy(graph.gm)
-    kept_sets = {g: set(v) for g, v in kept.items()}
+    kept_atom = keep_of(graph.atom_class, kept)
     nodes = list(gm.graph.nodes)
     for i, node in enumerate(nodes):
         info = graph.infos.get(node.name)
         if not isinstance(info, TensorInfo) or info.atoms is None or node.op == "output":
             continue
-        keep = []
-        for atom in info.atoms:
-            gc = graph.atom_class.get(atom)
-            keep.append(gc is None or gc[0] not in kept_sets or gc[1] in kept_sets[gc[0]])
+        keep = [kept_atom(atom) for atom in info.atoms]
         if all(keep):
             continue
         name = f"_dais_keep_{i}"
