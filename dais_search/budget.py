@@ -70,6 +70,7 @@ class BudgetSpec:
     ignore: tuple[str, ...] = ()
     min_keep: int = 1
     prune_streams: bool = True  # false: residual streams (groups several layers produce) are not pruned
+    round_to: int = 1  # every kept width a multiple of this (or the group's full width): 8 for tensor cores / SIMD
 
 
 @dataclass(frozen=True)
@@ -281,6 +282,9 @@ def check_budget(budget: Budget) -> Budget:
         raise UserError(f"{where}: data.batch_size and data.held_out must be at least 1")
     if spec.min_keep < 1:
         raise UserError(f"{where}: budget.min_keep must be at least 1")
+    if spec.round_to < 1:
+        raise UserError(f"{where}: budget.round_to = {spec.round_to}; give a positive integer (1: any width, "
+                        "8: multiples of 8)")  # fmt: skip
     base = budget.baseline
     if base.candidates < 1 or base.score_batches < 1 or base.eval_batches < 0:
         raise UserError(f"{where}: need baseline.candidates >= 1, baseline.score_batches >= 1 and "

@@ -61,7 +61,8 @@ def run_baseline(budget: Budget, budget_path: str, out: str, resume: bool = Fals
                          budget.data.batch_size), recalibrate=inputs.held_loader, score_batches=base.score_batches,
                          candidates=base.candidates, recalibrate_batches=budget.search.recalibrate_batches,
                          eval_batches=base.eval_batches or None, seed=budget.search.seed,
-                         min_keep=budget.budget.min_keep, prune_streams=budget.budget.prune_streams)  # fmt: skip
+                         min_keep=budget.budget.min_keep, prune_streams=budget.budget.prune_streams,
+                         round_to=budget.budget.round_to)  # fmt: skip
     seconds = time.perf_counter() - started
     plan.meta.update(model=budget.model.name, num_classes=inputs.num_classes, budget=str(budget_path),
                      target_flops=target)  # fmt: skip

@@ -63,7 +63,7 @@ def run_search(budget: Budget, budget_path: str, out: str, resume: bool = False,
 
     # Reported beside the result: uniform L1 pruning of the dense model at the same FLOPs.
     baseline_plan = uniform_plan(dense, shape, plan.flops, budget.budget.ignore, min_keep=budget.budget.min_keep,
-                                 prune_streams=budget.budget.prune_streams)
+                                 prune_streams=budget.budget.prune_streams, round_to=budget.budget.round_to)
     baseline_plan.meta.update(model=budget.model.name, num_classes=num_classes, target_flops=plan.flops)
     baseline_plan.save(out_dir / "uniform_l1" / "plan.json")  # for comparisons: fine-tune it like ours
     baseline = recalibrate_bn(baseline_plan.apply(dense), inputs.train_loader, budget.search.recalibrate_batches)

@@ -5,7 +5,8 @@
     allocation.py   DSA's differentiable allocation: masks with an exact mean, implicit gradients
     schedules.py    temperature schedules, a registry (register_schedule)
     importance.py   channel criteria (weights or held-out data) shared with the baselines, a registry
-    repair.py       a hard plan moved onto the budget by whole units
+    granularity.py  the widths a group may keep (whole blocks, min_keep, multiples of round_to)
+    repair.py       a hard plan moved onto the budget by allowed steps
     searcher.py     Searcher: the bi-level steps, epochs, binarisation, state
     run.py          search(model, budget, train_loader, held_out_loader, example_input) -> SearchResult
     baselines.py    baselines without a search: uniform and global allocation by a criterion, EagleEye
@@ -15,13 +16,15 @@ from .allocation import allocate, solve_threshold
 from .baselines import baseline_plan, eagleeye_plan, global_plan, list_methods, parse_method, uniform_plan
 from .gates import ChannelGates, attach_gates, reading_sites
 from .importance import Probe, get_importance, list_importance, log_importance, register_importance, score_groups
-from .repair import repair, whole_units
+from .granularity import Granularity, whole_units
+from .repair import repair
 from .run import SearchResult, search
 from .schedules import get_schedule, list_schedules, register_schedule, temperature_at
 from .searcher import Searcher
 
 __all__ = [
     "ChannelGates",
+    "Granularity",
     "Probe",
     "SearchResult",
     "Searcher",

@@ -17,10 +17,11 @@ weight (an optional parameter budget adds a second, one-sided term). The tempera
 learn while the masks are still soft), then anneals to ``temperature_end`` over the rest.
 
 At the end each group keeps its top channels by indicator (as many as ``alpha > 0`` in ``dais``
-mode, the rounded expected width otherwise); then the *hard* network is repaired onto
-``0.99 x target <= FLOPs <= target`` by removing the kept unit (channel, or block) with the
-smallest soft mask per FLOP saved, and adding back the dropped unit with the largest mask per
-FLOP cost while it fits; BN statistics are recalibrated on training batches.
+mode, the expected width otherwise, rounded to the nearest allowed width: whole blocks,
+``min_keep``, multiples of ``[budget] round_to``); then the *hard* network is repaired onto
+``0.99 x target <= FLOPs <= target`` by stepping the group whose next allowed width down loses the
+least soft-mask value per FLOP saved, and stepping up the one that gains the most per FLOP cost
+while it fits; BN statistics are recalibrated on training batches.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ from ..train import (
 )
 from .gates import ChannelGates, attach_gates
 from .importance import log_importance
-from .repair import check_feasible, repair, whole_units
+from .granularity import Granularity, whole_units
+from .repair import check_feasible, repair
 from .schedules import temperature_at
 
 __all__ = ["SearchInterrupted", "Searcher", "StepStats"]
@@ -93,7 +95,8 @@ class Searcher:
         self.flops_target = budget.flops_target(self.flops_model.dense_flops)
         self.params_target = budget.params_target(self.flops_model.dense_params)
         check_feasible(self.flops_model, self.flops_target, self.params_target, budget.budget.min_keep,
-                       f"budget.flops = {_toml(budget.budget.flops)}")  # fmt: skip
+                       f"budget.flops = {_toml(budget.budget.flops)}", budget.budget.round_to)  # fmt: skip
+        self.lattice = Granularity(self.groups, budget.budget.min_keep, budget.budget.round_to)
         criterion = "bn" if spec.mode == "dsa" else "l1"  # DSA ranks by BN scale, DAIS starts from filter norms
         start_keep = _uniform_keep(self.flops_model, self.flops_target)  # start on the budget
         scores = [log_importance(criterion, model, g) for g in self.groups]
@@ -296,15 +299,22 @@ class Searcher:
         kept = {}
         for g, n, s in zip(self.groups, counts, scores, strict=True):
             order = torch.argsort(s, descending=True)
-            kept[g.id] = whole_units(g, order, max(n, g.min_keep, self.budget.budget.min_keep))
+            kept[g.id] = whole_units(g, order, self.lattice.nearest(g.id, n))
         # Repair ranks units by sigmoid(margin): the masks themselves are all ~1 (or ~0) after
         # annealing and would leave only the FLOPs saved to decide.
         values = [torch.sigmoid(m).cpu() for m in self.gates.margins()]
         kept = repair(self.flops_model, kept, values, self.flops_target, self.params_target,
-                      self.budget.budget.min_keep)  # fmt: skip
-        return ChannelPlan.create(self.model, kept, self.input_shape, self.budget.budget.ignore, graph=self.graph,
-                                  meta={"method": f"dais_search:{self.budget.search.mode}",
-                                        "target_flops": int(self.flops_target)})  # fmt: skip
+                      self.budget.budget.min_keep, round_to=self.budget.budget.round_to)  # fmt: skip
+        meta = {"method": f"dais_search:{self.budget.search.mode}", "target_flops": int(self.flops_target)}
+        if self.budget.budget.round_to > 1:
+            meta["round_to"] = self.budget.budget.round_to
+        plan = ChannelPlan.create(self.model, kept, self.input_shape, self.budget.budget.ignore, graph=self.graph,
+                                  meta=meta)  # fmt: skip
+        if plan.flops < 0.99 * self.flops_target:
+            log.warning("the allowed widths (min_keep = %d, round_to = %d, whole blocks) leave the plan at %.4f of "
+                        "the FLOPs target: no allowed step up fits; a smaller budget.round_to gets closer",
+                        self.budget.budget.min_keep, self.budget.budget.round_to, plan.flops / self.flops_target)
+        return plan
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
