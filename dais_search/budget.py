@@ -71,6 +71,7 @@ class BudgetSpec:
     min_keep: int = 1
     prune_streams: bool = True  # false: residual streams (groups several layers produce) are not pruned
     round_to: int = 1  # every kept width a multiple of this (or the group's full width): 8 for tensor cores / SIMD
+    latency: str | float = ""  # "50%" (of the dense model's measured latency), a fraction, or "12.5ms"; replaces flops
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,18 @@ class Budget:
     def flops_target(self, dense_flops: int) -> float:
         """The FLOPs the pruned model may have, from ``budget.flops`` ("50%" or an absolute count)."""
         return _target(self.budget.flops, dense_flops, "budget.flops")
+
+    def latency_target(self, dense_seconds: float) -> float | None:
+        """Seconds per forward pass the pruned model may take, from ``budget.latency``; ``None`` when
+        the budget is in FLOPs."""
+        value = self.budget.latency
+        if value in ("", None):
+            return None
+        if isinstance(value, str) and value.endswith("ms"):
+            return float(value[:-2]) / 1e3
+        if isinstance(value, str):
+            return float(value[:-1]) / 100 * dense_seconds
+        return float(value) * dense_seconds
 
     def params_target(self, dense_params: int) -> float | None:
         """The parameter budget, or ``None`` when there is none."""
@@ -229,6 +242,9 @@ def parse_budget(raw: dict[str, Any], where: str = "budget") -> Budget:
     model = _section(ModelSpec, raw.get("model", {}), "model", where)
     data = _section(DataSpec, raw.get("data", {}), "data", where)
     budget = _section(BudgetSpec, raw.get("budget", {}), "budget", where)
+    if {"flops", "latency"} <= set(raw.get("budget", {})):
+        raise UserError(f"{where}: give budget.flops or budget.latency, not both (a latency budget replaces the "
+                        "FLOPs one)")  # fmt: skip
     search = _section(SearchSpec, raw.get("search", {}), "search", where)
     finetune = _section(FinetuneSpec, raw.get("finetune", {}), "finetune", where)
     baseline = _section(BaselineSpec, raw.get("baseline", {}), "baseline", where)
@@ -282,6 +298,8 @@ def check_budget(budget: Budget) -> Budget:
         raise UserError(f"{where}: data.batch_size and data.held_out must be at least 1")
     if spec.min_keep < 1:
         raise UserError(f"{where}: budget.min_keep must be at least 1")
+    if spec.latency not in ("", None):
+        spec = dataclasses.replace(spec, latency=_check_latency(spec.latency, where))
     if spec.round_to < 1:
         raise UserError(f"{where}: budget.round_to = {spec.round_to}; give a positive integer (1: any width, "
                         "8: multiples of 8)")  # fmt: skip
@@ -290,6 +308,25 @@ def check_budget(budget: Budget) -> Budget:
         raise UserError(f"{where}: need baseline.candidates >= 1, baseline.score_batches >= 1 and "
                         "baseline.eval_batches >= 0 (0: the whole held-out split)")  # fmt: skip
     return dataclasses.replace(budget, budget=spec)
+
+
+def _check_latency(value: str | float, where: str) -> str | float:
+    """``"50%"``, a fraction in (0, 1), or milliseconds ``"12.5ms"``; anything else is an error."""
+    hint = 'give "50%" (of the dense model\'s measured latency), a fraction such as 0.5, or milliseconds "12.5ms"'
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise UserError(f"{where}: budget.latency = {value!r}; {hint}")
+    if isinstance(value, str):
+        text = value.replace(" ", "").lower()
+        try:
+            number = float(text[:-2]) if text.endswith("ms") else float(text[:-1]) / 100 if text.endswith("%") else None
+        except ValueError:
+            number = None
+        if number is None or number <= 0 or (text.endswith("%") and number >= 1):
+            raise UserError(f"{where}: budget.latency = {value!r}; {hint}, below 100%")
+        return text
+    if not 0 < value < 1:
+        raise UserError(f"{where}: budget.latency = {value!r}; {hint}, below 100%")
+    return float(value)
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], where: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """``dais-search``: the command line. Each subcommand is a thin layer over library functions.
 
     dais-search flops --model resnet56
+    dais-search latency runs/search/pruned.pt
     dais-search eval  --model resnet20 --checkpoint resnet20.th --data npz:cifar10.npz
     dais-search train --model resnet20 --data shapes --epochs 3 --out runs/demo/model.pt
 
@@ -160,6 +161,96 @@ def cmd_flops(args: argparse.Namespace) -> int:
         rows.append([label, f"{flops:,}", human(flops), f"{params:,}", human(params), f"{flops / dense_flops:.4f}"])
     print(f"model: {name}, input {'x'.join(map(str, shape))}" + (f", plan {args.plan}" if plan else ""))
     print(format_table(rows, ["", "FLOPs", "", "params", "", "FLOPs ratio"]))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# latency
+
+
+def latency_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        "dais-search latency",
+        add_help=add_help,
+        description="Measure forward latency, dense vs pruned: CPU always, the GPU when there is one; warm-up, "
+        "then medians of interleaved runs (each round runs both models), and the median per-round ratio.",
+    )
+    p.add_argument("target", metavar="MODEL_OR_BUNDLE",
+                   help="a registry model name (dense; with --plan also pruned), a pruned checkpoint (pruned.pt, "
+                        "a bundle's model.pt), or a folder holding one (a bundle, a search's --out)")  # fmt: skip
+    p.add_argument("--plan", help="with a model name: a plan.json to prune it by")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: 10, 1000 for tv:)")
+    p.add_argument("--batch", default="1,128", help="comma-separated batch sizes (default: 1,128)")
+    p.add_argument("--repeats", type=int, default=20, help="timed rounds per batch size (default: 20)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs of each model first (default: 5)")
+    p.add_argument("--device", choices=["all", "cpu", "cuda"], default="all",
+                   help="where to measure (default: all = CPU, and CUDA when available)")  # fmt: skip
+    return p
+
+
+def _latency_models(args: argparse.Namespace):
+    """(name, input shape, {label: model}) of the latency target: dense, and pruned where there is one."""
+    path = Path(args.target)
+    if path.is_dir():
+        found = [path / f for f in ("model.pt", "pruned.pt") if (path / f).is_file()]
+        if not found:
+            raise UserError(f"{path} holds no model.pt (a bundle) or pruned.pt (a search's output); give a file or "
+                            "a model name")  # fmt: skip
+        path = found[0]
+    if path.is_file():
+        if args.plan:
+            raise UserError("--plan goes with a model name; a checkpoint carries its own plan")
+        model, name, plan = model_of_checkpoint(load_checkpoint(path), None, args.num_classes, str(path))
+        if plan is None:
+            return name, input_size(name), {"dense": model}
+        dense = create_model(name, num_classes=model_outputs(model, plan.input_shape[1:]))
+        return name, plan.input_shape[1:], {"dense": dense, "pruned": model}
+    if os.sep in args.target or args.target.endswith((".pt", ".pth", ".th")):
+        raise UserError(f"{args.target}: no such file or folder")
+    _check_model_name(args.target)
+    dense = create_model(args.target, num_classes=args.num_classes or (1000 if args.target.startswith("tv:") else 10))
+    if not args.plan:
+        return args.target, input_size(args.target), {"dense": dense}
+    plan = ChannelPlan.load(args.plan)
+    return args.target, plan.input_shape[1:], {"dense": dense, "pruned": plan.apply(dense)}
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    import statistics
+
+    import torch
+
+    from .cost import interleaved_latency, median_ratio
+
+    try:
+        batches = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1 or args.repeats < 1 or args.warmup < 0:
+        raise UserError(f"--batch {args.batch!r}, --repeats {args.repeats}, --warmup {args.warmup}: give positive "
+                        "batch sizes separated by commas (e.g. 1,128), --repeats >= 1 and --warmup >= 0")  # fmt: skip
+    name, size, models = _latency_models(args)
+    devices = ["cpu"] if args.device in ("all", "cpu") else []
+    if args.device in ("all", "cuda") and torch.cuda.is_available():
+        devices.append("cuda")
+    elif args.device == "cuda":
+        raise UserError("--device cuda: no CUDA device is visible; use --device cpu")
+    rows = []
+    for device in devices:
+        on = {k: m.to(device).eval() for k, m in models.items()}
+        for batch in batches:
+            x = torch.randn(batch, *size, device=device)
+            times = interleaved_latency(on, x, args.repeats, args.warmup)
+            ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+            row = [device, batch, f"{ms['dense']:.2f}"]
+            if "pruned" in on:
+                row += [f"{ms['pruned']:.2f}", f"{median_ratio(times, 'pruned', 'dense'):.3f}"]
+            rows.append(row)
+    head = ["device", "batch", "dense ms"] + (["pruned ms", "pruned / dense"] if "pruned" in models else [])
+    threads = torch.get_num_threads()
+    print(f"model: {name}, input {'x'.join(map(str, size))}; {args.repeats} interleaved rounds after {args.warmup} "
+          f"warm-up runs, medians; CPU threads {threads}")  # fmt: skip
+    print(format_table(rows, head))
     return 0
 
 
@@ -427,6 +518,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "flops": (flops_parser, cmd_flops),
+    "latency": (latency_parser, cmd_latency),
     "eval": (eval_parser, cmd_eval),
     "train": (train_parser, cmd_train),
     "search": (search_parser, cmd_search),

@@ -66,6 +66,10 @@ def test_every_option_is_explained():
             ["train", "--model", "resnet8", "--data", "shapes:50", "--out", "{tmp}/x.pt", "--init", "{tmp}/c100.pt"],
             "linear.weight",
         ),
+        (["latency", "{tmp}"], "holds no model.pt"),
+        (["latency", "{tmp}/none.pt"], "no such file"),
+        (["latency", "resnet8", "--batch", "0"], "positive batch sizes"),
+        (["latency", "{tmp}/r8.pt", "--plan", "{tmp}/p.json"], "--plan goes with a model name"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else None,
 )
@@ -119,3 +123,22 @@ def test_flops_of_a_plan(capsys, tmp_path):
     (tmp_path / "cut.json").write_text((tmp_path / "plan.json").read_text()[:50])
     status, _, err = run(capsys, "flops", "--plan", str(tmp_path / "cut.json"))
     assert status == 2 and "not valid JSON" in err
+
+
+def test_latency_of_a_plan_and_of_a_pruned_checkpoint(capsys, tmp_path):
+    from dais_search.channels import random_plan
+
+    dense = create_model("resnet8")
+    plan = random_plan(dense, (1, 3, 32, 32), keep=0.3, seed=0)
+    plan.meta.update(model="resnet8", num_classes=10)
+    plan.save(tmp_path / "plan.json")
+    status, out, _ = run(capsys, "latency", "resnet8", "--plan", str(tmp_path / "plan.json"), "--batch", "1,4",
+                         "--repeats", "3", "--warmup", "1", "--device", "cpu")  # fmt: skip
+    rows = [line for line in out.splitlines() if line.startswith("| cpu")]
+    assert status == 0 and [r.split("|")[2].strip() for r in rows] == ["1", "4"]
+    assert all(0 < float(r.split("|")[5]) for r in rows)  # pruned / dense
+    save_checkpoint(tmp_path / "pruned.pt", plan.apply(dense), "resnet8", 10, plan=plan.to_dict())
+    status, out, _ = run(capsys, "latency", str(tmp_path), "--batch", "2", "--repeats", "2", "--device", "cpu")
+    assert status == 0 and "pruned / dense" in out and "model: resnet8" in out
+    status, out, _ = run(capsys, "latency", "resnet8", "--batch", "2", "--repeats", "2", "--device", "cpu")
+    assert status == 0 and "pruned" not in out and "| cpu    |     2 |" in out

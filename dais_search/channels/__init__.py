@@ -7,12 +7,14 @@
     walk.py         the walk over the trace that applies handlers and rules
     groups.py       ChannelGroup / ChannelGraph assembly, warnings naming the ops that block pruning
     flops_model.py  FlopsModel: FLOPs and params as a differentiable polynomial of the group widths
+    latency_model.py LatencyModel: measured latency tables per layer, interpolated in the group widths
     plan.py         ChannelPlan: create, apply (slice), mask, JSON save/load, replay
     verify.py       check_plan: sliced == masked on a randomised copy
 """
 
 from .flops_model import FlopsModel
 from .groups import ChannelGraph, ChannelGroup, Member, find_channel_groups, trace_channels
+from .latency_model import LatencyModel
 from .layers import LayerHandler, Term, handler_for, register_layer
 from .plan import ChannelPlan, fingerprint, keep_positions, random_plan
 from .rules import OPAQUE, register_function
@@ -24,6 +26,7 @@ __all__ = [
     "ChannelGroup",
     "ChannelPlan",
     "FlopsModel",
+    "LatencyModel",
     "LayerHandler",
     "Member",
     "PlanCheck",

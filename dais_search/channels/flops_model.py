@@ -17,7 +17,7 @@ from ..cost import count_flops, count_params
 from .groups import ChannelGraph, trace_channels
 from .layers import Term, handler_for
 
-__all__ = ["FlopsModel"]
+__all__ = ["FlopsModel", "axis_counts"]
 
 
 class FlopsModel:
@@ -42,23 +42,10 @@ class FlopsModel:
 
     def __init__(self, graph: ChannelGraph, model: nn.Module, example_input: torch.Tensor) -> None:
         self.groups = [g for g in graph.groups if g.prunable]
-        index = {g.id: i for i, g in enumerate(self.groups)}
-        sizes = torch.tensor([float(g.size) for g in self.groups], dtype=torch.float64)
         n = len(self.groups)
 
         def axis(path: str, role: str) -> tuple[float, torch.Tensor]:
-            """(fixed count, coefficient per group width) of one sliceable axis."""
-            coef = torch.zeros(n, dtype=torch.float64)
-            fixed = 0.0
-            for atom in graph.sites[(path, role)]:
-                gc = graph.atom_class.get(atom)
-                if gc is not None and gc[0] in index:
-                    coef[index[gc[0]]] += 1.0
-                else:
-                    fixed += 1.0
-            # A layer sees each channel of a group equally often (groups.py ensures it), so its
-            # count is multiplicity x width, with multiplicity = positions / group size.
-            return fixed, coef / sizes.clamp(min=1)
+            return axis_counts(graph, self.groups, path, role)
 
         def terms_of(terms: list, path: str) -> list[tuple[float, list[tuple[float, torch.Tensor]]]]:
             return [(t.coef, [axis(path, r) for r in t.roles]) for t in terms]
@@ -148,6 +135,24 @@ class FlopsModel:
     def params(self, widths) -> torch.Tensor:
         """Parameters at ``widths`` (see :meth:`flops`)."""
         return self._params_const + self._evaluate(self._param_terms, self._widths(widths))
+
+
+def axis_counts(graph: ChannelGraph, groups: list, path: str, role: str) -> tuple[float, torch.Tensor]:
+    """(fixed count, coefficient per width of ``groups``) of one sliceable axis: the axis keeps
+    ``fixed + coef @ widths`` positions at ``widths``."""
+    index = {g.id: i for i, g in enumerate(groups)}
+    coef = torch.zeros(len(groups), dtype=torch.float64)
+    fixed = 0.0
+    for atom in graph.sites[(path, role)]:
+        gc = graph.atom_class.get(atom)
+        if gc is not None and gc[0] in index:
+            coef[index[gc[0]]] += 1.0
+        else:
+            fixed += 1.0
+    # A layer sees each channel of a group equally often (groups.py ensures it), so its count is
+    # multiplicity x width, with multiplicity = positions / group size.
+    sizes = torch.tensor([float(g.size) for g in groups], dtype=torch.float64)
+    return fixed, coef / sizes.clamp(min=1)
 
 
 def _is_parameter(model: nn.Module, path: str) -> bool:

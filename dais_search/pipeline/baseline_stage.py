@@ -28,6 +28,7 @@ from .. import distributed
 from ..budget import Budget
 from ..checkpoint import save_checkpoint
 from ..cost import count_flops
+from ..errors import UserError
 from ..files import write_json
 from ..report import format_table
 from ..search import baseline_plan, parse_method
@@ -43,6 +44,10 @@ def run_baseline(budget: Budget, budget_path: str, out: str, resume: bool = Fals
     """Builds the plan of baseline ``method`` under the budget's FLOPs target; returns the metrics
     also written to ``OUT/metrics.json``. With ``resume``, a finished baseline is not run again."""
     allocation, criterion = parse_method(method)  # an unknown method fails before any data is read
+    if budget.budget.latency not in ("", None):
+        raise UserError(f"{budget.source or 'budget'}: baselines take FLOPs budgets, and this one is in latency "
+                        f"(budget.latency = {budget.budget.latency!r}); give budget.flops instead, e.g. the FLOPs of "
+                        "the latency-searched plan (dais-search flops --plan OUT/plan.json)")  # fmt: skip
     check_budget_inputs(budget)
     out_dir = Path(out)
     if resume and (out_dir / "metrics.json").is_file() and (out_dir / "plan.json").is_file():

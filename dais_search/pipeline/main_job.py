@@ -105,6 +105,7 @@ def run_pipeline(budget: Budget, budget_path: str, out: str, resume: bool = Fals
                    "latency_ms": {b: v["pruned"] for b, v in latency.items()},
                    "test_top1_before_finetune": search_metrics["pruned_test_top1"]},
         "flops_over_target": search_metrics["flops_over_target"],
+        **({"latency_budget": search_metrics["latency"]} if "latency" in search_metrics else {}),
     }  # fmt: skip
     write_json(out_dir / "summary.json", summary)
     b1, bn = 1, dspec.batch_size

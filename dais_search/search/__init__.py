@@ -15,8 +15,8 @@
 from .allocation import allocate, solve_threshold
 from .baselines import baseline_plan, eagleeye_plan, global_plan, list_methods, parse_method, uniform_plan
 from .gates import ChannelGates, attach_gates, reading_sites
-from .importance import Probe, get_importance, list_importance, log_importance, register_importance, score_groups
 from .granularity import Granularity, whole_units
+from .importance import Probe, get_importance, list_importance, log_importance, register_importance, score_groups
 from .repair import repair
 from .run import SearchResult, search
 from .schedules import get_schedule, list_schedules, register_schedule, temperature_at

@@ -36,8 +36,8 @@ from torch import nn
 from ..channels import ChannelGroup, ChannelPlan, FlopsModel, trace_channels
 from ..errors import UserError
 from ..train import evaluate, recalibrate_bn
-from .importance import get_importance, list_importance, score_groups
 from .granularity import Granularity, unit_width, whole_units
+from .importance import get_importance, list_importance, score_groups
 from .repair import check_feasible
 
 __all__ = ["ALLOCATIONS", "baseline_plan", "eagleeye_plan", "global_plan", "list_methods", "parse_method",

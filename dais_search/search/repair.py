@@ -48,7 +48,8 @@ def check_feasible(fm: FlopsModel, flops_target: float, params_target: float | N
     if least > flops_target:
         raise UserError(f"{what} asks for {flops_target:,.0f} FLOPs ({flops_target / dense:.1%} of dense), but the "
                         f"model has {least:,.0f} ({least / dense:.1%}) with every prunable group at its minimum "
-                        f"width (min_keep = {min_keep}, round_to = {round_to}; unprunable layers keep their cost): raise it to at least "
+                        f"width (min_keep = {min_keep}, round_to = {round_to}; unprunable layers keep their cost): "
+                        "raise it to at least "
                         f'"{100 * least / dense + 0.05:.1f}%"')  # fmt: skip
     if params_target is not None and float(fm.params(floor)) > params_target:
         raise UserError(f"budget.params asks for {params_target:,.0f} parameters, but the model has "

@@ -162,8 +162,8 @@ def search(
                 raise _interrupted(exc.epoch, exc.step, state_path) from None
             masks = [m.detach() for m in searcher.gates()]
             stats["binarization_gap"] = searcher.gates.binarization_gap(masks)
-            stats["flops_ratio"] = (
-                float(searcher.flops_model.flops(searcher.gates.expected_width(masks))) / searcher.flops_target
+            stats[f"{searcher.cost_name}_ratio"] = (
+                float(searcher.cost(searcher.gates.expected_width(masks))) / searcher.cost_target
             )
             history.append(stats)
             if writer is not None:
@@ -188,9 +188,10 @@ def search(
         "mode": spec.mode,
         "weight_epochs": spec.epochs if spec.train_weights else 0,  # what BENCH.md's equal-total-epochs rule counts
         "dense_flops": plan.dense_flops,
-        "target_flops": searcher.flops_target,
+        "target_flops": searcher.flops_target,  # None under a latency budget
         "flops": plan.flops,
-        "flops_over_target": plan.flops / searcher.flops_target,
+        "flops_over_target": plan.flops / searcher.flops_target if searcher.flops_target else None,
+        **({"latency": plan.meta["latency"]} if "latency" in plan.meta else {}),
         "params": plan.params,
         "dense_params": plan.dense_params,
         "binarization_gap": history[-1]["binarization_gap"] if history else None,
@@ -219,7 +220,7 @@ def _gate_step_logger(writer: MetricWriter) -> Callable[[Searcher, dict[str, flo
     def on_gate_step(s: Searcher, stats: dict[str, float], temperature: float) -> None:
         scalars = {
             "search/temperature": temperature,
-            "search/flops_ratio": stats["flops_ratio"],
+            f"search/{s.cost_name}_ratio": stats[f"{s.cost_name}_ratio"],
             "search/lambda": s.lam,
             "search/val_loss": stats["val_loss"],
             "search/binarization_gap": s.gates.binarization_gap(s.gates()),

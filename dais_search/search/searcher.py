@@ -37,9 +37,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..budget import Budget
-from ..channels import ChannelGraph, ChannelPlan, FlopsModel, trace_channels
-from ..distributed import all_reduce_sum, average_gradients, broadcast_object, broadcast_state
-from ..errors import DivergedError
+from ..channels import ChannelGraph, ChannelPlan, FlopsModel, LatencyModel, trace_channels
+from ..cost.lut import LatencyCache
+from ..distributed import all_reduce_sum, average_gradients, broadcast_object, broadcast_state, is_main
+from ..errors import DivergedError, UserError
 from ..train import (
     autocast,
     classification_loss,
@@ -51,8 +52,8 @@ from ..train import (
     train_step,
 )
 from .gates import ChannelGates, attach_gates
-from .importance import log_importance
 from .granularity import Granularity, whole_units
+from .importance import log_importance
 from .repair import check_feasible, repair
 from .schedules import temperature_at
 
@@ -92,13 +93,21 @@ class Searcher:
         self.groups = self.flops_model.groups
         if not self.groups:
             raise ValueError("the model has no prunable channel group; nothing to search")
-        self.flops_target = budget.flops_target(self.flops_model.dense_flops)
         self.params_target = budget.params_target(self.flops_model.dense_params)
-        check_feasible(self.flops_model, self.flops_target, self.params_target, budget.budget.min_keep,
-                       f"budget.flops = {_toml(budget.budget.flops)}", budget.budget.round_to)  # fmt: skip
         self.lattice = Granularity(self.groups, budget.budget.min_keep, budget.budget.round_to)
+        self.latency_model: LatencyModel | None = None
+        if budget.budget.latency in ("", None):
+            self.cost_name, self.cost = "flops", self.flops_model.flops
+            self.flops_target = self.cost_target = budget.flops_target(self.flops_model.dense_flops)
+            check_feasible(self.flops_model, self.flops_target, self.params_target, budget.budget.min_keep,
+                           f"budget.flops = {_toml(budget.budget.flops)}", budget.budget.round_to)  # fmt: skip
+        else:
+            self.latency_model = _latency_model(self.graph, model, example_input, budget)
+            self.cost_name, self.cost, self.flops_target = "latency", self.latency_model.latency, None
+            self.cost_target = budget.latency_target(self.latency_model.dense_seconds)
+            _check_latency_feasible(self.latency_model, self.lattice, self.cost_target, budget)
         criterion = "bn" if spec.mode == "dsa" else "l1"  # DSA ranks by BN scale, DAIS starts from filter norms
-        start_keep = _uniform_keep(self.flops_model, self.flops_target)  # start on the budget
+        start_keep = _uniform_keep(self.cost, self.flops_model.full_widths(), self.cost_target)  # on the budget
         scores = [log_importance(criterion, model, g) for g in self.groups]
         self.gates = ChannelGates(self.groups, spec.mode, scores, start_keep, spec.temperature_start)
         self.gates.to(example_input.device)
@@ -114,11 +123,12 @@ class Searcher:
         self.lam_params = 0.0
         self.total_steps = spec.epochs * steps_per_epoch
         self.step = 0
-        log.info(
-            "search: %d prunable groups (%d channels), %d weight / %d gate tensors; FLOPs target %.0f (dense %d)",
-            len(self.groups), sum(g.size for g in self.groups), len(self.weight_params), len(self.gate_params),
-            self.flops_target, self.flops_model.dense_flops,
-        )  # fmt: skip
+        target = (f"FLOPs target {self.cost_target:.0f} (dense {self.flops_model.dense_flops})"
+                  if self.latency_model is None else
+                  f"latency target {1e3 * self.cost_target:.2f} ms (dense {1e3 * self.latency_model.dense_seconds:.2f}"
+                  f" ms at batch {self.latency_model.batch_size}, measured)")  # fmt: skip
+        log.info("search: %d prunable groups (%d channels), %d weight / %d gate tensors; %s", len(self.groups),
+                 sum(g.size for g in self.groups), len(self.weight_params), len(self.gate_params), target)  # fmt: skip
 
     # -- steps ---------------------------------------------------------------------------------
     def _set_trainable(self, weights: bool) -> None:
@@ -159,10 +169,11 @@ class Searcher:
         return StepStats(float(out["loss"].detach()), int((out["output"].detach().argmax(1) == y).sum()), len(y))
 
     def budget_terms(self, masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(penalty, relative FLOPs error, relative params excess) of the soft widths."""
+        """(penalty, relative error of the budgeted cost (FLOPs or latency), relative params excess) of
+        the soft widths."""
         widths = self.gates.expected_width(masks)
         rho = self.budget.search.rho
-        r = self.flops_model.flops(widths) / self.flops_target - 1
+        r = self.cost(widths) / self.cost_target - 1
         penalty = self.lam * r + rho / 2 * r**2
         rp = None
         if self.params_target is not None:
@@ -195,7 +206,7 @@ class Searcher:
         self._set_trainable(weights=True)
         self._weight_masks = None  # the gates moved
         return {"val_loss": float(task.detach()), "val_correct": int((out.detach().argmax(1) == y).sum()),
-                "val_seen": len(y), "flops_ratio": float(r.detach()) + 1}  # fmt: skip
+                "val_seen": len(y), f"{self.cost_name}_ratio": float(r.detach()) + 1}  # fmt: skip
 
     def _forward_with(self, x: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
         # The penalty and the forward pass must use the same masks (one allocation solve per step).
@@ -257,8 +268,8 @@ class Searcher:
             bar.update(1)
             if progress and i % 20 == 0:
                 with torch.no_grad():
-                    ratio = float(self.flops_model.flops(self.gates.expected_width())) / self.flops_target
-                bar.set_postfix(T=f"{t:.3g}", flops=f"{ratio:.3f}", lam=f"{self.lam:.2f}")
+                    ratio = float(self.cost(self.gates.expected_width())) / self.cost_target
+                bar.set_postfix(T=f"{t:.3g}", **{self.cost_name: f"{ratio:.3f}"}, lam=f"{self.lam:.2f}")
             if i + 1 < steps:  # the end of the epoch is saved by the caller
                 stop = should_stop is not None and should_stop()
                 due = checkpoint_every and (i + 1) % checkpoint_every == 0
@@ -292,7 +303,8 @@ class Searcher:
     # -- the end ----------------------------------------------------------------------------------
     @torch.no_grad()
     def binarize(self) -> ChannelPlan:
-        """Top channels per group by indicator, repaired onto the budget on the hard network."""
+        """Top channels per group by indicator, repaired onto the budget on the hard network; under a
+        latency budget then measured, and repaired again while the measurement misses the target."""
         masks = self.gates()
         counts = self.gates.hard_counts(masks)
         scores = self.gates.channel_scores()
@@ -303,18 +315,55 @@ class Searcher:
         # Repair ranks units by sigmoid(margin): the masks themselves are all ~1 (or ~0) after
         # annealing and would leave only the FLOPs saved to decide.
         values = [torch.sigmoid(m).cpu() for m in self.gates.margins()]
-        kept = repair(self.flops_model, kept, values, self.flops_target, self.params_target,
-                      self.budget.budget.min_keep, round_to=self.budget.budget.round_to)  # fmt: skip
-        meta = {"method": f"dais_search:{self.budget.search.mode}", "target_flops": int(self.flops_target)}
-        if self.budget.budget.round_to > 1:
-            meta["round_to"] = self.budget.budget.round_to
-        plan = ChannelPlan.create(self.model, kept, self.input_shape, self.budget.budget.ignore, graph=self.graph,
-                                  meta=meta)  # fmt: skip
-        if plan.flops < 0.99 * self.flops_target:
+        spec = self.budget.budget
+        kept = repair(self.flops_model, kept, values, self.cost_target, self.params_target, spec.min_keep,
+                      round_to=spec.round_to, cost=self.cost)  # fmt: skip
+        meta = {"method": f"dais_search:{self.budget.search.mode}"}
+        if self.latency_model is None:
+            meta["target_flops"] = int(self.flops_target)
+        else:
+            kept, meta["latency"] = self._measured_repair(kept, values)
+        if spec.round_to > 1:
+            meta["round_to"] = spec.round_to
+        plan = ChannelPlan.create(self.model, kept, self.input_shape, spec.ignore, graph=self.graph, meta=meta)
+        predicted = float(self.cost(self.flops_model.widths_of(kept)))
+        if self.latency_model is None and predicted < 0.99 * self.cost_target:
             log.warning("the allowed widths (min_keep = %d, round_to = %d, whole blocks) leave the plan at %.4f of "
-                        "the FLOPs target: no allowed step up fits; a smaller budget.round_to gets closer",
-                        self.budget.budget.min_keep, self.budget.budget.round_to, plan.flops / self.flops_target)
+                        "the %s target: no allowed step up fits; a smaller budget.round_to gets closer",
+                        spec.min_keep, spec.round_to, predicted / self.cost_target, self.cost_name)  # fmt: skip
         return plan
+
+    def _measured_repair(self, kept: dict[int, list[int]], values: list[torch.Tensor],
+                         rounds: int = 4, tolerance: float = 0.02) -> tuple[dict[int, list[int]], dict]:  # fmt: skip
+        """Measures the repaired plan against the dense model (interleaved, medians); while the
+        measured ratio misses the target ratio by more than ``tolerance``, scales the predicted
+        target by target / measured and repairs again. Returns the plan and what was measured."""
+        lm, spec = self.latency_model, self.budget.budget
+        goal = self.cost_target / lm.dense_seconds  # the latency ratio asked for
+        aim = self.cost_target  # what the prediction is repaired onto
+        history, tried = [], []
+        for round_ in range(rounds):
+            predicted = float(lm.latency(self.flops_model.widths_of(kept)))
+            measured = lm.measure_ratio(kept)
+            history.append({"predicted_ratio": predicted / lm.dense_seconds, "measured_ratio": measured})
+            tried.append((kept, measured))
+            if abs(measured / goal - 1) <= tolerance or round_ + 1 == rounds:
+                break
+            step = min(max(goal / measured, 0.8), 1.25)  # damped: one noisy measurement cannot throw the plan far
+            aim = max(aim * step, float(self.cost(self.lattice.floor())))  # and no lower than the minimum widths
+            kept = repair(self.flops_model, kept, values, aim, self.params_target, spec.min_keep,
+                          round_to=spec.round_to, cost=self.cost)  # fmt: skip
+        # The closest to the target that is not over it by more than the tolerance (else the fastest).
+        fine = [t for t in tried if t[1] <= goal * (1 + tolerance)]
+        chosen = min(fine, key=lambda t: abs(t[1] / goal - 1)) if fine else min(tried, key=lambda t: t[1])
+        kept, pick = chosen[0], history[tried.index(chosen)]
+        log.info("latency: measured / dense %s for a target of %.3f (predicted %s)",
+                 ", ".join(f"{h['measured_ratio']:.3f}" for h in history), goal,
+                 ", ".join(f"{h['predicted_ratio']:.3f}" for h in history))  # fmt: skip
+        return kept, {"target_ratio": goal, "measured_ratio": pick["measured_ratio"],
+                      "predicted_ratio": pick["predicted_ratio"], "target_ms": 1e3 * self.cost_target,
+                      "dense_ms": 1e3 * lm.dense_seconds, "batch_size": lm.batch_size, "device": lm.cache.tag,
+                      "rounds": history}  # fmt: skip
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -345,11 +394,31 @@ def _toml(value) -> str:
     return f'"{value}"' if isinstance(value, str) else f"{value:g}"
 
 
-def _uniform_keep(fm: FlopsModel, target: float) -> float:
-    """The keep ratio that, applied to every group, puts the soft FLOPs on ``target`` (bisection)."""
-    full = fm.full_widths()
+def _uniform_keep(cost, full: torch.Tensor, target: float) -> float:
+    """The keep ratio that, applied to every group, puts the soft cost on ``target`` (bisection)."""
     lo, hi = 0.0, 1.0
     for _ in range(40):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if float(fm.flops(full * mid)) <= target else (lo, mid)
+        lo, hi = (mid, hi) if float(cost(full * mid)) <= target else (lo, mid)
     return min(max(lo, 0.02), 0.98)
+
+
+def _latency_model(graph: ChannelGraph, model: nn.Module, example_input: torch.Tensor, budget: Budget) -> LatencyModel:
+    """The budget's latency model, measured on rank 0 (under torchrun the others receive it)."""
+    lm = None
+    if is_main():
+        cache = LatencyCache(device=example_input.device)
+        lm = LatencyModel(graph, model, example_input, budget.data.batch_size, cache, grid_step=budget.budget.round_to)
+        log.info("latency tables: %d layers, %d measured now, the rest from %s", len(lm.tables), cache.measured,
+                 cache.path)  # fmt: skip
+    return broadcast_object(lm)
+
+
+def _check_latency_feasible(lm: LatencyModel, lattice: Granularity, target: float, budget: Budget) -> None:
+    least = float(lm.latency(lattice.floor()))
+    if least > target:
+        raise UserError(f"budget.latency = {_toml(budget.budget.latency)} asks for {1e3 * target:.2f} ms "
+                        f"({target / lm.dense_seconds:.1%} of the dense {1e3 * lm.dense_seconds:.2f} ms measured at "
+                        f"batch {lm.batch_size}), but the model takes {1e3 * least:.2f} ms predicted with every "
+                        f"prunable group at its minimum width: raise it to at least "
+                        f'"{100 * least / lm.dense_seconds + 1:.0f}%"')  # fmt: skip
