@@ -8,7 +8,9 @@
     groups.py       ChannelGroup / ChannelGraph assembly, warnings naming the ops that block pruning
     flops_model.py  FlopsModel: FLOPs and params as a differentiable polynomial of the group widths
     latency_model.py LatencyModel: measured latency tables per layer, interpolated in the group widths
-    plan.py         ChannelPlan: create, apply (slice), mask, JSON save/load, replay
+    index_ops.py    channel pads, slices and splits followed through, rewritten with pruned constants
+    blocks.py       residual blocks removable whole (skip + branch(skip)), found in the trace, removed
+    plan.py         ChannelPlan: create, apply (slice, remove blocks), mask, JSON save/load, replay
     verify.py       check_plan: sliced == masked on a randomised copy
 """
 

@@ -26,7 +26,8 @@ from torch import nn
 
 from .trace import symbolic_trace
 
-__all__ = ["IndexOp", "check_owners", "index_target", "keep_of", "new_params", "owner_of", "rewrite_index_ops"]
+__all__ = ["IndexOp", "check_owners", "index_target", "keep_of", "new_params", "owner_of", "owner_problem",
+           "rewrite_index_ops"]
 
 
 @dataclass(frozen=True)
@@ -74,29 +75,29 @@ def owner_of(node: fx.Node) -> str:
     return value[0] if isinstance(value, tuple) else str(next(reversed(stack.keys())))
 
 
+def owner_problem(model: nn.Module, owner: str) -> str:
+    """Why calls in ``owner``'s forward cannot be rewritten (empty when they can): it is the model
+    itself, or a module that fx cannot trace alone or whose trace differs between train and eval mode."""
+    if not owner:
+        return "an op in the model's own forward (move it into a submodule to prune through it)"
+    module = model.get_submodule(owner)
+    mode = module.training
+    try:
+        codes = []
+        for training in (False, True):
+            module.train(training)
+            codes.append(symbolic_trace(module)[0].code)
+    except Exception as exc:  # noqa: BLE001 - any failure: not rewritable
+        return f"{owner} cannot be traced alone ({type(exc).__name__})"
+    finally:
+        module.train(mode)
+    return f"{owner} runs other code in training" if codes[0] != codes[1] else ""
+
+
 def check_owners(model: nn.Module, ops: Sequence[IndexOp]) -> dict[str, str]:
-    """Owners whose calls cannot be rewritten, with the reason: the model itself, or a module that
-    fx cannot trace alone or whose trace differs between train and eval mode."""
-    bad: dict[str, str] = {}
-    for owner in dict.fromkeys(op.owner for op in ops):
-        if not owner:
-            bad[owner] = "a channel index op in the model's own forward (move it into a submodule to prune through it)"
-            continue
-        module = model.get_submodule(owner)
-        mode = module.training
-        try:
-            codes = []
-            for training in (False, True):
-                module.train(training)
-                codes.append(symbolic_trace(module)[0].code)
-        except Exception as exc:  # noqa: BLE001 - any failure: not rewritable
-            bad[owner] = f"{owner} cannot be traced alone ({type(exc).__name__})"
-            continue
-        finally:
-            module.train(mode)
-        if codes[0] != codes[1]:
-            bad[owner] = f"{owner} runs other code in training"
-    return bad
+    """Owners whose calls cannot be rewritten, with the reason (:func:`owner_problem`)."""
+    bad = {owner: owner_problem(model, owner) for owner in dict.fromkeys(op.owner for op in ops)}
+    return {k: v.replace("an op in", "a channel index op in") for k, v in bad.items() if v}
 
 
 def new_params(op: IndexOp, keep: Callable[[int], bool]) -> tuple[int, ...]:

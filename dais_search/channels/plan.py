@@ -33,6 +33,7 @@ from ..cost import count_flops, count_params, example_input
 from ..errors import UserError
 from ..files import write_json
 from .atoms import TensorInfo
+from .blocks import ResidualBlock, find_blocks, remove_blocks
 from .groups import ChannelGraph, ChannelGroup, trace_channels
 from .index_ops import keep_of, rewrite_index_ops
 from .layers import handler_for
@@ -137,8 +138,28 @@ def _apply_mask(x: torch.Tensor, keep: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.where(keep.view(shape), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
-def _masked_copy(graph: ChannelGraph, kept: Mapping[int, Sequence[int]]) -> fx.GraphModule:
+def _blocks_of(dense: nn.Module, graph: ChannelGraph, names: Sequence[str]) -> list[ResidualBlock]:
+    """The removable blocks named ``names``; a UserError naming the unknown ones and the choices."""
+    if not names:
+        return []
+    blocks = {b.name: b for b in find_blocks(dense, graph.gm, graph.infos)}
+    unknown = [n for n in names if n not in blocks]
+    if unknown:
+        raise UserError(f"{', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not a removable "
+                        f"residual block of this model; the removable ones: {', '.join(blocks) or 'none'}")  # fmt: skip
+    return [blocks[n] for n in names]
+
+
+def _masked_copy(graph: ChannelGraph, kept: Mapping[int, Sequence[int]],
+                 removed: Sequence[ResidualBlock] = ()) -> fx.GraphModule:  # fmt: skip
     gm = copy.deepcopy(graph.gm)
+    by_name = {n.name: n for n in gm.graph.nodes}
+    for block in removed:  # the branch times 0: the add passes its skip through
+        add = by_name[block.node]
+        branch = add.args[1 - block.skip]
+        with gm.graph.inserting_before(add):
+            zero = gm.graph.call_function(torch.mul, (branch, 0.0))
+        add.replace_input_with(branch, zero)
     kept_atom = keep_of(graph.atom_class, kept)
     nodes = list(gm.graph.nodes)
     for i, node in enumerate(nodes):
@@ -172,6 +193,8 @@ class ChannelPlan:
         ignore: module paths whose outputs were excluded from pruning.
         group_sizes: group id -> size, for readers of the JSON file.
         meta: free-form provenance (model name, budget, method).
+        removed_blocks: names of residual blocks removed whole (:mod:`.blocks`): their branch is
+            gone and the addition passes its skip through.
     """
 
     kept: dict[int, list[int]]
@@ -184,6 +207,7 @@ class ChannelPlan:
     ignore: tuple[str, ...] = ()
     group_sizes: dict[int, int] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    removed_blocks: tuple[str, ...] = ()
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -195,19 +219,22 @@ class ChannelPlan:
         ignore: Iterable[str] = (),
         meta: Mapping[str, Any] | None = None,
         graph: ChannelGraph | None = None,
+        removed_blocks: Iterable[str] = (),
     ) -> ChannelPlan:
-        """Validates ``kept`` against the model's groups and measures what it achieves.
+        """Validates ``kept`` (and ``removed_blocks``) against the model and measures what it achieves.
 
         Raises:
             UserError: a group that does not exist or cannot be pruned, bad indices, too few
-                channels, a split block.
+                channels, a split block, a block name that is not a removable block.
         """
         input_shape = tuple(int(s) for s in input_shape)
         ignore = tuple(ignore)
         graph = graph or trace_channels(dense, example_input(dense, input_shape), ignore)
         clean = _check_kept(graph.groups, kept)
+        removed = tuple(removed_blocks)
         pruned = copy.deepcopy(dense)
         _slice_model(pruned, graph, clean)
+        remove_blocks(pruned, _blocks_of(dense, graph, removed))
         return cls(
             kept=clean,
             input_shape=input_shape,
@@ -219,6 +246,7 @@ class ChannelPlan:
             ignore=ignore,
             group_sizes={g.id: g.size for g in graph.groups if g.id in clean},
             meta=dict(meta or {}),
+            removed_blocks=removed,
         )
 
     # -- use ---------------------------------------------------------------------------------
@@ -246,12 +274,14 @@ class ChannelPlan:
         graph = self._graph(dense, graph)
         pruned = copy.deepcopy(dense)
         _slice_model(pruned, graph, self.kept)
+        remove_blocks(pruned, _blocks_of(dense, graph, self.removed_blocks))
         return pruned
 
     def mask(self, dense: nn.Module, graph: ChannelGraph | None = None) -> nn.Module:
         """A traced copy of ``dense`` whose removed channels are zero wherever they appear
         (``graph`` as in :meth:`apply`; its trace must come from ``dense``, whose weights it holds)."""
-        masked = _masked_copy(self._graph(dense, graph), self.kept)
+        graph = self._graph(dense, graph)
+        masked = _masked_copy(graph, self.kept, _blocks_of(dense, graph, self.removed_blocks))
         masked.train(dense.training)
         return masked
 
@@ -271,7 +301,7 @@ class ChannelPlan:
             "pruned": {"flops": self.flops, "params": self.params, "flops_ratio": round(self.flops_ratio, 6)},
             "meta": self.meta,
             "groups": [{"id": g, "size": self.group_sizes.get(g), "kept": idx} for g, idx in sorted(self.kept.items())],
-        }
+        } | ({"removed_blocks": list(self.removed_blocks)} if self.removed_blocks else {})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "plan") -> ChannelPlan:
@@ -293,6 +323,7 @@ class ChannelPlan:
                 ignore=tuple(data.get("ignore", ())),
                 group_sizes={int(g["id"]): g.get("size") for g in data["groups"]},
                 meta=dict(data.get("meta", {})),
+                removed_blocks=tuple(str(b) for b in data.get("removed_blocks", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{source} is missing or has a malformed field ({exc!r})") from exc
