@@ -96,6 +96,7 @@ class SearchSpec:
     seed: int = 0
     precision: str = "fp32"  # "bf16": autocast of the forward passes (weights and gates stay float32)
     channels_last: bool = False  # channels-last memory format for the convolutions
+    granularity: tuple[str, ...] = ("channel",)  # add "block": residual blocks removed whole, searched jointly
 
 
 @dataclass(frozen=True)
@@ -280,6 +281,9 @@ def check_budget(budget: Budget) -> Budget:
     for section, spec_ in (("search", search), ("finetune", finetune)):
         if spec_.precision not in PRECISIONS:
             raise UserError(f'{where}: {section}.precision = {spec_.precision!r}; choose "fp32" or "bf16"')
+    if "channel" not in search.granularity or not set(search.granularity) <= {"block", "channel"}:
+        raise UserError(f"{where}: search.granularity = {list(search.granularity)}; give [\"channel\"] or "
+                        '["block", "channel"] (residual blocks removed whole, searched with the channels)')
     if search.mode not in MODES:
         raise UserError(f"{where}: search.mode = {search.mode!r}; choose one of {', '.join(MODES)}")
     if not 0 < search.temperature_end <= search.temperature_start:

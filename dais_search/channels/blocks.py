@@ -44,6 +44,8 @@ class ResidualBlock:
         skip: which operand (0 or 1) is the skip.
         node: the addition's node name in the model's trace (for masked copies).
         modules: the module paths the branch calls (in the model).
+        output: the module whose output is the branch operand of the addition ("" when a function
+            computes it): where a search scales the branch by its block indicator.
     """
 
     name: str
@@ -53,6 +55,7 @@ class ResidualBlock:
     skip: int
     node: str
     modules: tuple[str, ...]
+    output: str = ""
 
 
 def _is_add(node: fx.Node) -> bool:
@@ -129,8 +132,11 @@ def find_blocks(model: nn.Module, gm: fx.GraphModule, infos: dict) -> list[Resid
         nodes = _branch(add.args[1 - skip_index], add.args[skip_index], add, gm) or set()
         modules = tuple(sorted(str(n.target) for n in nodes if n.op == "call_module"))
         several = sum(1 for _, o, _ in found if o == owner) > 1
+        branch = add.args[1 - skip_index]
+        calls = sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == branch.target)
+        output = str(branch.target) if branch.op == "call_module" and calls == 1 else ""
         candidates.append(ResidualBlock(f"{owner}#{occurrence}" if several else owner, owner, target, occurrence,
-                                        skip_index, add.name, modules))  # fmt: skip
+                                        skip_index, add.name, modules, output))  # fmt: skip
     ok = {}
     for owner in dict.fromkeys(b.owner for b in candidates):
         mine = [b for b in candidates if b.owner == owner]

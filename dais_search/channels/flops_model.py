@@ -8,12 +8,14 @@ evaluates it at integer widths, where it is exact.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from math import prod
 
 import torch
 from torch import nn
 
 from ..cost import count_flops, count_params
+from .blocks import ResidualBlock
 from .groups import ChannelGraph, trace_channels
 from .layers import Term, handler_for
 
@@ -40,15 +42,19 @@ class FlopsModel:
         >>> fm.flops(widths * 0.5).backward()
     """
 
-    def __init__(self, graph: ChannelGraph, model: nn.Module, example_input: torch.Tensor) -> None:
+    def __init__(self, graph: ChannelGraph, model: nn.Module, example_input: torch.Tensor,
+                 blocks: Sequence[ResidualBlock] = ()) -> None:  # fmt: skip
         self.groups = [g for g in graph.groups if g.prunable]
+        self.blocks = list(blocks)
         n = len(self.groups)
 
         def axis(path: str, role: str) -> tuple[float, torch.Tensor]:
             return axis_counts(graph, self.groups, path, role)
 
-        def terms_of(terms: list, path: str) -> list[tuple[float, list[tuple[float, torch.Tensor]]]]:
-            return [(t.coef, [axis(path, r) for r in t.roles]) for t in terms]
+        def terms_of(terms: list, path: str) -> list[tuple[float, list[tuple[float, torch.Tensor]], torch.Tensor]]:
+            inside = torch.tensor([float(path in b.modules or path.rpartition(".")[0] in b.modules)
+                                   for b in self.blocks])  # fmt: skip
+            return [(t.coef, [axis(path, r) for r in t.roles], inside) for t in terms]
 
         flop_terms, param_terms = [], []
         for path, in_shape, out_shape in graph.calls:
@@ -75,9 +81,9 @@ class FlopsModel:
         """Traces ``model`` (see :func:`~.groups.trace_channels`) and builds its FLOPs model."""
         return cls(trace_channels(model, example_input, ignore), model, example_input)
 
-    @staticmethod
-    def _pack(terms, n: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Groups terms by their number of factors into (coef, fixed, coefficient-matrix) tensors."""
+    def _pack(self, terms, n: int) -> list[tuple[torch.Tensor, ...]]:
+        """Groups terms by their number of factors into (coef, fixed, coefficient-matrix, block
+        membership) tensors."""
         packed = []
         for k in (0, 1, 2):
             chosen = [t for t in terms if len(t[1]) == k]
@@ -90,19 +96,26 @@ class FlopsModel:
                 if k
                 else torch.zeros(len(chosen), 0, n, dtype=torch.float64)
             )
-            packed.append((coef, fixed, mats))
+            inside = torch.stack([t[2] for t in chosen]).reshape(len(chosen), len(self.blocks)).to(torch.float64)
+            packed.append((coef, fixed, mats, inside))
         if any(len(t[1]) > 2 for t in terms):
             raise NotImplementedError("terms of more than two factors")
         return packed
 
     @staticmethod
-    def _evaluate(packed, widths: torch.Tensor) -> torch.Tensor:
-        """The polynomial at ``widths`` of shape (G,) or a batch (B, G)."""
+    def _evaluate(packed, widths: torch.Tensor, blocks: torch.Tensor | None = None) -> torch.Tensor:
+        """The polynomial at ``widths`` of shape (G,) or a batch (B, G); a term inside residual
+        blocks is multiplied by their ``blocks`` values (kept: 1, removed: 0; (K,) or (B, K))."""
         w = widths.to(torch.float64)
         total = torch.zeros(w.shape[:-1], dtype=torch.float64, device=w.device)
-        for coef, fixed, mats in packed:
+        for coef, fixed, mats, inside in packed:
             factors = fixed.to(w.device) + torch.einsum("tkg,...g->...tk", mats.to(w.device), w)  # (..., terms, k)
-            total = total + (coef.to(w.device) * factors.prod(dim=-1)).sum(dim=-1)
+            value = coef.to(w.device) * factors.prod(dim=-1)
+            if blocks is not None and inside.shape[1]:
+                b = blocks.to(torch.float64).unsqueeze(-2)  # (..., 1, K)
+                m = inside.to(w.device)
+                value = value * (1 - m + m * b).prod(dim=-1)  # (..., terms)
+            total = total + value.sum(dim=-1)
         return total
 
     def _widths(self, widths) -> torch.Tensor:
@@ -127,14 +140,15 @@ class FlopsModel:
         """The integer widths of a plan's ``kept`` mapping."""
         return self._widths({g: len(v) for g, v in kept.items()})
 
-    def flops(self, widths) -> torch.Tensor:
+    def flops(self, widths, blocks: torch.Tensor | None = None) -> torch.Tensor:
         """FLOPs at ``widths``: a tensor of one width per group in :attr:`groups` (or a (B, G) batch of
-        them), or ``{group id: width}``."""
-        return self._flops_const + self._evaluate(self._flop_terms, self._widths(widths))
+        them), or ``{group id: width}``; ``blocks``: a value per residual block of :attr:`blocks`
+        (1 kept, 0 removed, soft in between; default all kept)."""
+        return self._flops_const + self._evaluate(self._flop_terms, self._widths(widths), blocks)
 
-    def params(self, widths) -> torch.Tensor:
+    def params(self, widths, blocks: torch.Tensor | None = None) -> torch.Tensor:
         """Parameters at ``widths`` (see :meth:`flops`)."""
-        return self._params_const + self._evaluate(self._param_terms, self._widths(widths))
+        return self._params_const + self._evaluate(self._param_terms, self._widths(widths), blocks)
 
 
 def axis_counts(graph: ChannelGraph, groups: list, path: str, role: str) -> tuple[float, torch.Tensor]:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..channels import ChannelGraph, ChannelGroup
+from ..channels.blocks import ResidualBlock
 from .allocation import allocate, solve_threshold
 
 __all__ = ["ChannelGates", "GatedModel", "ReadingSite", "attach_gates", "reading_sites"]
@@ -38,6 +39,9 @@ class ChannelGates(nn.Module):
             norms; they initialise ``alpha`` (and are the fixed scores in ``dsa`` mode).
         keep: initial keep ratio of every group.
         temperature: initial temperature.
+        blocks: residual blocks searched with the channels (``granularity = ["block", "channel"]``):
+            each gets an indicator logit ``beta`` (:meth:`block_masks` = ``sigmoid(beta / T)``),
+            started at ``block_keep``.
     """
 
     def __init__(
@@ -47,6 +51,8 @@ class ChannelGates(nn.Module):
         scores: list[torch.Tensor] | None = None,
         keep: float = 0.9,
         temperature: float = 1.0,
+        blocks: int = 0,
+        block_keep: float = 0.95,
     ) -> None:
         super().__init__()
         if mode not in ("dais", "dsa", "dais+dsa"):
@@ -68,6 +74,15 @@ class ChannelGates(nn.Module):
         self.register_buffer("temperature", torch.tensor(float(temperature)))
         self.sizes = [g.size for g in groups]
         self.fixed_masks: list[torch.Tensor] | None = None  # set by the searcher to reuse one step's masks
+        if blocks:
+            start = float(temperature) * float(torch.logit(torch.tensor(block_keep)))
+            self.beta = nn.Parameter(torch.full((blocks,), start))
+        else:
+            self.beta = None
+
+    def block_masks(self) -> torch.Tensor | None:
+        """Soft keep value of every searched residual block (``sigmoid(beta / T)``), or ``None``."""
+        return None if self.beta is None else torch.sigmoid(self.beta / float(self.temperature))
 
     def keep_ratios(self) -> torch.Tensor:
         """DSA keep ratio of every group (``sigmoid(theta)``)."""
@@ -143,10 +158,12 @@ class GatedModel(nn.Module):
         gates: the indicators of ``graph``'s prunable groups.
     """
 
-    def __init__(self, model: nn.Module, graph: ChannelGraph, gates: ChannelGates) -> None:
+    def __init__(self, model: nn.Module, graph: ChannelGraph, gates: ChannelGates,
+                 blocks: list[ResidualBlock] | None = None) -> None:  # fmt: skip
         super().__init__()
         self.model, self.gates = model, gates
         self._flat: torch.Tensor | None = None  # [1, masks of group 0, group 1, ...] during a forward pass
+        self._blocks: torch.Tensor | None = None  # the block masks during a forward pass
         offset, start = {}, 1
         for gid, size in zip(gates.group_ids, gates.sizes, strict=True):
             offset[gid], start = start, start + size
@@ -159,6 +176,16 @@ class GatedModel(nn.Module):
             module = model.get_submodule(site.path)
             self._handles.append(module.register_forward_pre_hook(self._masker(name, site.dim)))
             self.readers.append(site.path)
+        for k, block in enumerate(blocks or []):  # the branch's output times its block's mask
+            self._handles.append(model.get_submodule(block.output).register_forward_hook(self._block_scaler(k)))
+
+    def _block_scaler(self, k: int):
+        def scale_output(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            if self._blocks is None:
+                return None
+            return output * self._blocks[k].to(output.dtype)
+
+        return scale_output
 
     def _masker(self, index_name: str, dim: int):
         def mask_input(module: nn.Module, inputs: tuple) -> tuple | None:
@@ -174,10 +201,11 @@ class GatedModel(nn.Module):
     def forward(self, *args, **kwargs):
         masks = self.gates()
         self._flat = torch.cat([self.gates.temperature.new_ones(1), *masks]) if masks else None
+        self._blocks = self.gates.block_masks()
         try:
             return self.model(*args, **kwargs)
         finally:
-            self._flat = None
+            self._flat = self._blocks = None
 
     def remove(self) -> None:
         """Takes the hooks off the model."""
@@ -242,6 +270,8 @@ def _carries_group(graph: ChannelGraph, model: nn.Module, path: str) -> bool:
     return any(r is not None for r, _ in classes) and all(r == w for r, w in classes)
 
 
-def attach_gates(model: nn.Module, graph: ChannelGraph, gates: ChannelGates) -> GatedModel:
-    """``GatedModel(model, graph, gates)``: the model with the gates' masks where its groups are read."""
-    return GatedModel(model, graph, gates)
+def attach_gates(model: nn.Module, graph: ChannelGraph, gates: ChannelGates,
+                 blocks: list[ResidualBlock] | None = None) -> GatedModel:  # fmt: skip
+    """``GatedModel(model, graph, gates, blocks)``: the model with the gates' masks where its groups
+    are read, and each searched block's branch output scaled by its block mask."""
+    return GatedModel(model, graph, gates, blocks)

@@ -30,11 +30,13 @@ def floor_widths(fm: FlopsModel, min_keep: int = 1, round_to: int = 1) -> dict[i
 
 
 def check_feasible(fm: FlopsModel, flops_target: float, params_target: float | None = None, min_keep: int = 1,
-                   what: str = "the budget", round_to: int = 1) -> None:  # fmt: skip
+                   what: str = "the budget", round_to: int = 1,
+                   blocks: torch.Tensor | None = None) -> None:  # fmt: skip
     """Raises a :class:`UserError` naming the problem and the fix when no plan can meet the budget:
     ``min_keep`` above a group's size, a FLOPs (or params) target below what the minimum widths
     cost, or a target at or above the dense model's (nothing to prune). ``what`` names the budget
-    in the message (e.g. ``'budget.flops = "1%"'``)."""
+    in the message (e.g. ``'budget.flops = "1%"'``); ``blocks``: the residual blocks' values at the
+    least the search may reach (all removed, for a block search), as in :meth:`FlopsModel.flops`."""
     for g in fm.groups:
         if min_keep > g.size:
             raise UserError(f"budget.min_keep = {min_keep} is more than group {g.id} ({g.name}) has: {g.size} "
@@ -44,16 +46,17 @@ def check_feasible(fm: FlopsModel, flops_target: float, params_target: float | N
         raise UserError(f"{what} asks for {flops_target:,.0f} FLOPs, at or above the dense model's {dense:,}: "
                         'nothing to prune; give less, e.g. "50%"')  # fmt: skip
     floor = floor_widths(fm, min_keep, round_to)
-    least = float(fm.flops(floor))
+    least = float(fm.flops(floor, blocks))
     if least > flops_target:
         raise UserError(f"{what} asks for {flops_target:,.0f} FLOPs ({flops_target / dense:.1%} of dense), but the "
                         f"model has {least:,.0f} ({least / dense:.1%}) with every prunable group at its minimum "
                         f"width (min_keep = {min_keep}, round_to = {round_to}; unprunable layers keep their cost): "
                         "raise it to at least "
                         f'"{100 * least / dense + 0.05:.1f}%"')  # fmt: skip
-    if params_target is not None and float(fm.params(floor)) > params_target:
+    if params_target is not None and float(fm.params(floor, blocks)) > params_target:
         raise UserError(f"budget.params asks for {params_target:,.0f} parameters, but the model has "
-                        f"{float(fm.params(floor)):,.0f} at the minimum widths; raise budget.params")  # fmt: skip
+                        f"{float(fm.params(floor, blocks)):,.0f} at the minimum widths; "
+                        "raise budget.params")  # fmt: skip
 
 
 def repair(

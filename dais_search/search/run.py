@@ -163,7 +163,7 @@ def search(
             masks = [m.detach() for m in searcher.gates()]
             stats["binarization_gap"] = searcher.gates.binarization_gap(masks)
             stats[f"{searcher.cost_name}_ratio"] = (
-                float(searcher.cost(searcher.gates.expected_width(masks))) / searcher.cost_target
+                float(searcher.soft_cost(searcher.gates.expected_width(masks))) / searcher.cost_target
             )
             history.append(stats)
             if writer is not None:
@@ -191,6 +191,8 @@ def search(
         "target_flops": searcher.flops_target,  # None under a latency budget
         "flops": plan.flops,
         "flops_over_target": plan.flops / searcher.flops_target if searcher.flops_target else None,
+        **({"removed_blocks": list(plan.removed_blocks), "searched_blocks": len(searcher.blocks)}
+           if searcher.blocks else {}),
         **({"latency": plan.meta["latency"]} if "latency" in plan.meta else {}),
         "params": plan.params,
         "dense_params": plan.dense_params,
@@ -238,6 +240,9 @@ def _log_epoch(writer: MetricWriter, searcher: Searcher, stats: dict[str, Any], 
     if "train_loss" in stats:  # absent when the weights stay the teacher's (search.train_weights = false)
         scalars |= {"search/task_loss": stats["train_loss"], "search/train_top1": stats["train_top1"]}
     writer.scalars(step, scalars)
+    blocks = searcher.gates.block_masks()
+    if blocks is not None:  # granularity = ["block", "channel"]: each residual block's soft keep value
+        writer.scalars(step, {f"block/{b.name}": float(v) for b, v in zip(searcher.blocks, blocks, strict=True)})
     for g, m in zip(searcher.groups, masks, strict=True):
         writer.scalars(step, {f"keep/{g.name}": float(m.sum()) / g.size})
         writer.histogram(f"mask/{g.name}", m, step)

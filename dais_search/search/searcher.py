@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from ..budget import Budget
 from ..channels import ChannelGraph, ChannelPlan, FlopsModel, LatencyModel, trace_channels
+from ..channels.blocks import ResidualBlock, find_blocks
 from ..cost.lut import LatencyCache
 from ..distributed import all_reduce_sum, average_gradients, broadcast_object, broadcast_state, is_main
 from ..errors import DivergedError, UserError
@@ -89,7 +90,8 @@ class Searcher:
             set_channels_last(model)
         self.graph: ChannelGraph = trace_channels(model, example_input, budget.budget.ignore,
                                                   streams=budget.budget.prune_streams)
-        self.flops_model = FlopsModel(self.graph, model, example_input)
+        self.blocks = _searched_blocks(model, self.graph, budget) if "block" in spec.granularity else []
+        self.flops_model = FlopsModel(self.graph, model, example_input, self.blocks)
         self.groups = self.flops_model.groups
         if not self.groups:
             raise ValueError("the model has no prunable channel group; nothing to search")
@@ -100,7 +102,8 @@ class Searcher:
             self.cost_name, self.cost = "flops", self.flops_model.flops
             self.flops_target = self.cost_target = budget.flops_target(self.flops_model.dense_flops)
             check_feasible(self.flops_model, self.flops_target, self.params_target, budget.budget.min_keep,
-                           f"budget.flops = {_toml(budget.budget.flops)}", budget.budget.round_to)  # fmt: skip
+                           f"budget.flops = {_toml(budget.budget.flops)}", budget.budget.round_to,
+                           torch.zeros(len(self.blocks)) if self.blocks else None)  # fmt: skip
         else:
             self.latency_model = _latency_model(self.graph, model, example_input, budget)
             self.cost_name, self.cost, self.flops_target = "latency", self.latency_model.latency, None
@@ -109,9 +112,9 @@ class Searcher:
         criterion = "bn" if spec.mode == "dsa" else "l1"  # DSA ranks by BN scale, DAIS starts from filter norms
         start_keep = _uniform_keep(self.cost, self.flops_model.full_widths(), self.cost_target)  # on the budget
         scores = [log_importance(criterion, model, g) for g in self.groups]
-        self.gates = ChannelGates(self.groups, spec.mode, scores, start_keep, spec.temperature_start)
+        self.gates = ChannelGates(self.groups, spec.mode, scores, start_keep, spec.temperature_start, len(self.blocks))
         self.gates.to(example_input.device)
-        self.gated = attach_gates(model, self.graph, self.gates)
+        self.gated = attach_gates(model, self.graph, self.gates, self.blocks)
         self._weight_masks: list[torch.Tensor] | None = None  # the gates' masks, cached between gate steps
         self.weight_params = [p for p in model.parameters() if p.requires_grad]
         self.gate_params = list(self.gates.parameters())
@@ -168,16 +171,22 @@ class Searcher:
         self.step += 1
         return StepStats(float(out["loss"].detach()), int((out["output"].detach().argmax(1) == y).sum()), len(y))
 
+    def soft_cost(self, widths: torch.Tensor) -> torch.Tensor:
+        """The budgeted cost at soft ``widths`` and the blocks' current soft masks."""
+        if self.blocks:
+            return self.flops_model.flops(widths, self.gates.block_masks())
+        return self.cost(widths)
+
     def budget_terms(self, masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(penalty, relative error of the budgeted cost (FLOPs or latency), relative params excess) of
         the soft widths."""
         widths = self.gates.expected_width(masks)
         rho = self.budget.search.rho
-        r = self.cost(widths) / self.cost_target - 1
+        r = self.soft_cost(widths) / self.cost_target - 1
         penalty = self.lam * r + rho / 2 * r**2
         rp = None
         if self.params_target is not None:
-            rp = self.flops_model.params(widths) / self.params_target - 1
+            rp = self.flops_model.params(widths, self.gates.block_masks()) / self.params_target - 1
             penalty = penalty + self.lam_params * rp + rho / 2 * F.relu(rp) ** 2
         return penalty, r, rp
 
@@ -268,7 +277,7 @@ class Searcher:
             bar.update(1)
             if progress and i % 20 == 0:
                 with torch.no_grad():
-                    ratio = float(self.cost(self.gates.expected_width())) / self.cost_target
+                    ratio = float(self.soft_cost(self.gates.expected_width())) / self.cost_target
                 bar.set_postfix(T=f"{t:.3g}", **{self.cost_name: f"{ratio:.3f}"}, lam=f"{self.lam:.2f}")
             if i + 1 < steps:  # the end of the epoch is saved by the caller
                 stop = should_stop is not None and should_stop()
@@ -316,8 +325,13 @@ class Searcher:
         # annealing and would leave only the FLOPs saved to decide.
         values = [torch.sigmoid(m).cpu() for m in self.gates.margins()]
         spec = self.budget.budget
+        cost, removed = self.cost, []
+        if self.blocks:
+            kept_blocks = self._binarize_blocks()
+            removed = [b.name for b, k in zip(self.blocks, kept_blocks.tolist(), strict=True) if not k]
+            cost = lambda w: self.flops_model.flops(w, kept_blocks)  # noqa: E731 - the chosen blocks fixed
         kept = repair(self.flops_model, kept, values, self.cost_target, self.params_target, spec.min_keep,
-                      round_to=spec.round_to, cost=self.cost)  # fmt: skip
+                      round_to=spec.round_to, cost=cost)  # fmt: skip
         meta = {"method": f"dais_search:{self.budget.search.mode}"}
         if self.latency_model is None:
             meta["target_flops"] = int(self.flops_target)
@@ -325,13 +339,32 @@ class Searcher:
             kept, meta["latency"] = self._measured_repair(kept, values)
         if spec.round_to > 1:
             meta["round_to"] = spec.round_to
-        plan = ChannelPlan.create(self.model, kept, self.input_shape, spec.ignore, graph=self.graph, meta=meta)
-        predicted = float(self.cost(self.flops_model.widths_of(kept)))
+        plan = ChannelPlan.create(self.model, kept, self.input_shape, spec.ignore, graph=self.graph, meta=meta,
+                                  removed_blocks=removed)  # fmt: skip
+        predicted = float(cost(self.flops_model.widths_of(kept)))
         if self.latency_model is None and predicted < 0.99 * self.cost_target:
             log.warning("the allowed widths (min_keep = %d, round_to = %d, whole blocks) leave the plan at %.4f of "
                         "the %s target: no allowed step up fits; a smaller budget.round_to gets closer",
                         spec.min_keep, spec.round_to, predicted / self.cost_target, self.cost_name)  # fmt: skip
         return plan
+
+    def _binarize_blocks(self) -> torch.Tensor:
+        """1/0 per searched block: kept where its mask is above 1/2; then, while even the narrowest
+        channels cannot meet the budget, the kept block with the least mask per FLOP it costs goes."""
+        beta = self.gates.beta.detach().cpu()
+        keep = (beta > 0).double()
+        floor = self.lattice.floor()
+        while float(self.flops_model.flops(floor, keep)) > self.cost_target and bool(keep.any()):
+            best, best_score = None, float("inf")
+            for k in keep.nonzero().flatten().tolist():
+                trial = keep.clone()
+                trial[k] = 0
+                saved = float(self.flops_model.flops(floor, keep)) - float(self.flops_model.flops(floor, trial))
+                score = float(torch.sigmoid(beta[k])) / max(saved, 1e-9)
+                if score < best_score:
+                    best, best_score = k, score
+            keep[best] = 0
+        return keep
 
     def _measured_repair(self, kept: dict[int, list[int]], values: list[torch.Tensor],
                          rounds: int = 4, tolerance: float = 0.02) -> tuple[dict[int, list[int]], dict]:  # fmt: skip
@@ -422,3 +455,19 @@ def _check_latency_feasible(lm: LatencyModel, lattice: Granularity, target: floa
                         f"batch {lm.batch_size}), but the model takes {1e3 * least:.2f} ms predicted with every "
                         f"prunable group at its minimum width: raise it to at least "
                         f'"{100 * least / lm.dense_seconds + 1:.0f}%"')  # fmt: skip
+
+
+def _searched_blocks(model: nn.Module, graph: ChannelGraph, budget: Budget) -> list[ResidualBlock]:
+    """The residual blocks a ``granularity = ["block", ...]`` search gates: removable ones whose
+    branch ends in a module (its output is scaled by the block's mask)."""
+    if budget.budget.latency not in ("", None):
+        raise UserError('search.granularity = ["block", "channel"] takes a FLOPs budget; a latency budget '
+                        'searches channels only: give budget.flops, or granularity = ["channel"]')
+    blocks = [b for b in find_blocks(model, graph.gm, graph.infos) if b.output]
+    if not blocks:
+        raise UserError(f'search.granularity has "block", but {type(model).__name__} has no residual block that '
+                        'can be removed whole (an addition of a block\'s input and a branch computed from it alone, '
+                        'inside a submodule); search with granularity = ["channel"]')
+    log.info("search: %d residual blocks searched with the channels: %s", len(blocks),
+             ", ".join(b.name for b in blocks))  # fmt: skip
+    return blocks
