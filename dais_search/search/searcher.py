@@ -61,6 +61,7 @@ from .schedules import temperature_at
 __all__ = ["SearchInterrupted", "Searcher", "StepStats"]
 
 log = logging.getLogger("dais_search")
+BLOCK_KEEP = 0.95  # the soft keep value a searched residual block starts at
 
 
 @dataclass
@@ -110,9 +111,13 @@ class Searcher:
             self.cost_target = budget.latency_target(self.latency_model.dense_seconds)
             _check_latency_feasible(self.latency_model, self.lattice, self.cost_target, budget)
         criterion = "bn" if spec.mode == "dsa" else "l1"  # DSA ranks by BN scale, DAIS starts from filter norms
-        start_keep = _uniform_keep(self.cost, self.flops_model.full_widths(), self.cost_target)  # on the budget
+        start_cost = self.cost  # the soft cost at the blocks' start value, so the search starts on the budget
+        if self.blocks:
+            start_cost = lambda w: self.flops_model.flops(w, torch.full((len(self.blocks),), BLOCK_KEEP))  # noqa: E731
+        start_keep = _uniform_keep(start_cost, self.flops_model.full_widths(), self.cost_target)
         scores = [log_importance(criterion, model, g) for g in self.groups]
-        self.gates = ChannelGates(self.groups, spec.mode, scores, start_keep, spec.temperature_start, len(self.blocks))
+        self.gates = ChannelGates(self.groups, spec.mode, scores, start_keep, spec.temperature_start, len(self.blocks),
+                                  BLOCK_KEEP)  # fmt: skip
         self.gates.to(example_input.device)
         self.gated = attach_gates(model, self.graph, self.gates, self.blocks)
         self._weight_masks: list[torch.Tensor] | None = None  # the gates' masks, cached between gate steps
