@@ -57,6 +57,9 @@ def test_a_table_measures_every_grid_point_and_the_cache_measures_each_layer_onc
 
 
 def test_a_real_layer_takes_longer_at_full_width_than_at_one_channel():
-    spec = LayerSpec("conv", (8, 32, 16, 16), 32, (3, 3), (1, 1), (1, 1), (1, 1), 1)
-    table = measure_table(spec, [1, 32], [1, 32], repeats=5)
+    spec = LayerSpec("conv", (8, 64, 16, 16), 64, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    for _ in range(3):  # 1 channel vs 64 x 64: ~4000x the FLOPs; a shared CI machine may stall one timing
+        table = measure_table(spec, [1, 64], [1, 64], repeats=5)
+        if table.seconds[1][1] > table.seconds[0][0]:
+            break
     assert table.seconds[1][1] > table.seconds[0][0]
