@@ -97,6 +97,7 @@ class SearchSpec:
     precision: str = "fp32"  # "bf16": autocast of the forward passes (weights and gates stay float32)
     channels_last: bool = False  # channels-last memory format for the convolutions
     granularity: tuple[str, ...] = ("channel",)  # add "block": residual blocks removed whole, searched jointly
+    block_thin: float = 0.125  # with blocks: a kept block whose narrowest inner group keeps <= this fraction goes
 
 
 @dataclass(frozen=True)
@@ -281,6 +282,8 @@ def check_budget(budget: Budget) -> Budget:
     for section, spec_ in (("search", search), ("finetune", finetune)):
         if spec_.precision not in PRECISIONS:
             raise UserError(f'{where}: {section}.precision = {spec_.precision!r}; choose "fp32" or "bf16"')
+    if not 0 <= search.block_thin < 1:
+        raise UserError(f"{where}: search.block_thin = {search.block_thin}; give a fraction in [0, 1) (0: off)")
     if "channel" not in search.granularity or not set(search.granularity) <= {"block", "channel"}:
         raise UserError(f"{where}: search.granularity = {list(search.granularity)}; give [\"channel\"] or "
                         '["block", "channel"] (residual blocks removed whole, searched with the channels)')

@@ -337,6 +337,14 @@ class Searcher:
             cost = lambda w: self.flops_model.flops(w, kept_blocks)  # noqa: E731 - the chosen blocks fixed
         kept = repair(self.flops_model, kept, values, self.cost_target, self.params_target, spec.min_keep,
                       round_to=spec.round_to, cost=cost)  # fmt: skip
+        thin = self._thin_blocks(kept, kept_blocks) if self.blocks else []
+        if thin:  # chains of one or two channels: remove those blocks whole, give their FLOPs to the channels
+            kept_blocks = kept_blocks.clone()
+            kept_blocks[thin] = 0
+            removed = [b.name for b, k in zip(self.blocks, kept_blocks.tolist(), strict=True) if not k]
+            cost = lambda w: self.flops_model.flops(w, kept_blocks)  # noqa: E731
+            kept = repair(self.flops_model, kept, values, self.cost_target, self.params_target, spec.min_keep,
+                          round_to=spec.round_to, cost=cost)  # fmt: skip
         meta = {"method": f"dais_search:{self.budget.search.mode}"}
         if self.latency_model is None:
             meta["target_flops"] = int(self.flops_target)
@@ -370,6 +378,20 @@ class Searcher:
                     best, best_score = k, score
             keep[best] = 0
         return keep
+
+    def _thin_blocks(self, kept: dict[int, list[int]], kept_blocks: torch.Tensor) -> list[int]:
+        """Kept blocks whose narrowest inner group (one only the block's layers produce) keeps at most
+        ``search.block_thin`` of its channels."""
+        limit = self.budget.search.block_thin
+        out = []
+        for k, block in enumerate(self.blocks):
+            if not kept_blocks[k] or limit <= 0:
+                continue
+            inner = [g for g in self.groups if g.producers and all(p.name in block.modules for p in g.producers)]
+            fractions = [len(kept.get(g.id, range(g.size))) / g.size for g in inner]
+            if fractions and min(fractions) <= limit:
+                out.append(k)
+        return out
 
     def _measured_repair(self, kept: dict[int, list[int]], values: list[torch.Tensor],
                          rounds: int = 4, tolerance: float = 0.02) -> tuple[dict[int, list[int]], dict]:  # fmt: skip

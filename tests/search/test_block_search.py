@@ -3,6 +3,7 @@ counts a removed block as 0, and binarisation removes whole blocks when the budg
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import pytest
@@ -77,3 +78,19 @@ def test_block_granularity_errors_name_the_problem():
         spec = parse_budget({"version": 1, "model": {"name": "resnet20"}, "budget": {"latency": "50%"},
                              "search": {"granularity": ["block", "channel"]}})  # fmt: skip
         Searcher(create_model("resnet20"), spec, torch.zeros(SHAPE), 4)
+
+
+def test_a_block_left_with_one_channel_is_removed_and_its_flops_go_to_the_channels():
+    searcher = _searcher()
+    block = searcher.blocks[1]  # layer1.1
+    inner = next(i for i, g in enumerate(searcher.groups) if g.producers
+                 and all(p.name in block.modules for p in g.producers))  # fmt: skip
+    with torch.no_grad():
+        searcher.gates.beta.fill_(3.0)  # every block open by its indicator
+        searcher.gates.theta[inner] = -8.0  # its inner group kept at ~0 channels: one, the minimum
+    plan = searcher.binarize()
+    assert plan.removed_blocks == ("layer1.1",)
+    assert 0.99 * searcher.flops_target <= plan.flops <= searcher.flops_target
+    searcher.budget = dataclasses.replace(searcher.budget,
+                                          search=dataclasses.replace(searcher.budget.search, block_thin=0.0))
+    assert searcher.binarize().removed_blocks == ()  # the rule off: the thin block stays
