@@ -19,7 +19,17 @@ Example:
 """
 
 from ._version import __version__
-from .budget import BaselineSpec, Budget, BudgetSpec, DataSpec, FinetuneSpec, ModelSpec, SearchSpec, load_budget
+from .budget import (
+    BaselineSpec,
+    Budget,
+    BudgetSpec,
+    DataSpec,
+    FinetuneSpec,
+    ModelSpec,
+    MonitorSpec,
+    SearchSpec,
+    load_budget,
+)
 from .channels import ChannelGroup, ChannelPlan, FlopsModel, find_channel_groups
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .cost import count_flops, count_params, flops_breakdown
@@ -44,6 +54,7 @@ __all__ = [
     "FinetuneSpec",
     "FlopsModel",
     "ModelSpec",
+    "MonitorSpec",
     "SearchResult",
     "SearchSpec",
     "Searcher",

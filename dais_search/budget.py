@@ -28,6 +28,7 @@ __all__ = [
     "DataSpec",
     "FinetuneSpec",
     "ModelSpec",
+    "MonitorSpec",
     "SearchSpec",
     "check_budget",
     "load_budget",
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 VERSION = 1
-SECTIONS = ("model", "data", "budget", "search", "baseline", "finetune")
+SECTIONS = ("model", "data", "budget", "search", "baseline", "finetune", "monitor")
 MODES = ("dais", "dsa", "dais+dsa")
 KD_MODES = ("sp", "logit", "sp+logit", "none")
 PRECISIONS = ("fp32", "bf16")
@@ -124,6 +125,12 @@ class FinetuneSpec:
 
 
 @dataclass(frozen=True)
+class MonitorSpec:
+    every: int = 0  # weight steps between TensorBoard points of the search's curves; 0: about 200 points per search
+    snapshots: int = 10  # indicator heatmaps and histograms per search (and one at the end)
+
+
+@dataclass(frozen=True)
 class Budget:
     """A parsed budget file (see the module docstring)."""
 
@@ -133,6 +140,7 @@ class Budget:
     search: SearchSpec = field(default_factory=SearchSpec)
     baseline: BaselineSpec = field(default_factory=BaselineSpec)
     finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
+    monitor: MonitorSpec = field(default_factory=MonitorSpec)
     source: str = ""
 
     def flops_target(self, dense_flops: int) -> float:
@@ -250,9 +258,10 @@ def parse_budget(raw: dict[str, Any], where: str = "budget") -> Budget:
     search = _section(SearchSpec, raw.get("search", {}), "search", where)
     finetune = _section(FinetuneSpec, raw.get("finetune", {}), "finetune", where)
     baseline = _section(BaselineSpec, raw.get("baseline", {}), "baseline", where)
+    monitor = _section(MonitorSpec, raw.get("monitor", {}), "monitor", where)
     if not model.name:
         raise UserError(f'{where}: model.name is required (a registry name such as "resnet56" or "tv:resnet50")')
-    return check_budget(Budget(model, data, budget, search, baseline, finetune, where))
+    return check_budget(Budget(model, data, budget, search, baseline, finetune, monitor, where))
 
 
 def check_budget(budget: Budget) -> Budget:
@@ -314,6 +323,9 @@ def check_budget(budget: Budget) -> Budget:
     if base.candidates < 1 or base.score_batches < 1 or base.eval_batches < 0:
         raise UserError(f"{where}: need baseline.candidates >= 1, baseline.score_batches >= 1 and "
                         "baseline.eval_batches >= 0 (0: the whole held-out split)")  # fmt: skip
+    if budget.monitor.every < 0 or budget.monitor.snapshots < 1:
+        raise UserError(f"{where}: need monitor.every >= 0 (0: about 200 points per curve) and monitor.snapshots "
+                        ">= 1 (indicator heatmaps per search)")  # fmt: skip
     return dataclasses.replace(budget, budget=spec)
 
 

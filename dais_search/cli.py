@@ -2,6 +2,7 @@
 
     dais-search flops --model resnet56
     dais-search latency runs/search/pruned.pt
+    dais-search plot runs/demo/run
     dais-search eval  --model resnet20 --checkpoint resnet20.th --data npz:cifar10.npz
     dais-search train --model resnet20 --data shapes --epochs 3 --out runs/demo/model.pt
 
@@ -31,6 +32,7 @@ from .data import DEFAULT_NORMALIZE, NORMALIZATION, check_data_spec, load_datase
 from .errors import UserError
 from .finetune import FinetuneConfig, distill_layers
 from .models import create_model, describe, input_size, list_models
+from .monitor import plot_run
 from .pipeline import (
     EvalJob,
     TrainJob,
@@ -381,11 +383,13 @@ def run_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--random-teacher", action="store_true",
                         help="run without model.checkpoint: prune and distil from the random initialisation "
                         "(smoke tests only; refused otherwise)")  # fmt: skip
+    _add_fold_bn_arg(parser)
     return parser
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return _budget_job(args, functools.partial(run_pipeline, method=args.method, random_teacher=args.random_teacher))
+    return _budget_job(args, functools.partial(run_pipeline, method=args.method, random_teacher=args.random_teacher,
+                                               fold_bn=args.fold_bn))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -420,12 +424,19 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 # finetune
 
 
+def _add_fold_bn_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fold-bn", action="store_true",
+                   help="fold each BatchNorm that follows a conv into it in the exported model.ts, model.pt2 and "
+                   "model.onnx (model.pt keeps the unfolded weights the plan rebuilds)")  # fmt: skip
+
+
 def finetune_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         "dais-search finetune",
         add_help=add_help,
         description="Fine-tune the model a plan prunes to (BENCH.md schedule), with linear over-parameterisation "
-        "and distillation from the dense teacher; fold, check, and export TorchScript + state dict + plan.",
+        "and distillation from the dense teacher; fold, check, and export TorchScript, torch.export (.pt2), ONNX, "
+        "state dict + plan.",
     )
     p.add_argument("--plan", required=True, help="plan.json from dais-search search")
     p.add_argument("--checkpoint", required=True, help="the dense model's weights (the teacher)")
@@ -452,6 +463,7 @@ def finetune_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="continue the fine-tune whose state (state.pt) is in --out, exactly where it stopped")
     p.add_argument("--checkpoint-every", type=int, default=200,
                    help="steps between saves of the fine-tune state to --out/state.pt (default: 200)")  # fmt: skip
+    _add_fold_bn_arg(p)
     _add_data_args(p)
     _add_run_args(p)
     return p
@@ -499,7 +511,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     num_classes = plan.meta.get("num_classes") or splits.num_classes
     metrics = finetune_plan(plan, teacher, student, splits, config, args.out, name, num_classes, normalize,
                             args.batch_size, args.workers, str(budget) if budget.is_file() else None,
-                            not args.no_progress, args.resume)  # fmt: skip
+                            not args.no_progress, args.resume, args.fold_bn)  # fmt: skip
     if not distributed.is_main():
         return 0
     rows = [
@@ -510,6 +522,28 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     print(format_table(rows, ["epoch", "loss", "kd loss", "train top-1 %", "test top-1 % (folded)", "s"]))
     print(f"folded: {metrics['flops']:,} FLOPs, {metrics['params']:,} params, test top-1 {metrics['test_top1']:.2f}%, "
           f"fold error {metrics['fold_max_rel_error']:.1e}; bundle: {args.out}")  # fmt: skip
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# plot
+
+
+def plot_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        "dais-search plot",
+        add_help=add_help,
+        description="Draw a search's figures as PNG files (for papers and READMEs): the final indicator heatmap, "
+        "every group's keep ratio against progress, and soft FLOPs against the target.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="output folder of `dais-search search` or `run` (holds tb/)")
+    p.add_argument("--out", help="folder for the PNG files (default: RUN_DIR/plots)")
+    return p
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    for path in plot_run(args.run_dir, args.out):
+        print(path)
     return 0
 
 
@@ -525,6 +559,7 @@ COMMANDS = {
     "baseline": (baseline_parser, cmd_baseline),
     "finetune": (finetune_parser, cmd_finetune),
     "run": (run_parser, cmd_run),
+    "plot": (plot_parser, cmd_plot),
 }
 
 

@@ -19,10 +19,24 @@ from .distributed import is_main
 
 __all__ = ["atomic_torch_save", "atomic_write", "write_json"]
 
+_UMASK = os.umask(0o022)  # os.umask can only be read by setting it: read once, at import ...
+os.umask(_UMASK)  # ... and put back at once
+
+
+def _file_mode() -> int:
+    """``0666`` less the process's umask (read without changing it where Linux shows it)."""
+    try:
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = _UMASK
+    return 0o666 & ~umask
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Calls ``write(file)`` on a temporary file beside ``path``, fsyncs it and moves it over
-    ``path``; the folder is created if needed. On any error the target is left as it was. Only rank 0
+    ``path``; the folder is created if needed, and the file gets the permissions ``open()`` would
+    give it (``0666`` less the umask: a bundle others may read). On any error the target is left as it was. Only rank 0
     of a ``torchrun`` job writes (the others return at once)."""
     if not is_main():
         return
@@ -35,6 +49,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; a file written with open() gets 0666 less the umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -33,9 +33,10 @@ def student_of(plan: ChannelPlan, teacher: nn.Module, weights: str | os.PathLike
 def finetune_plan(plan: ChannelPlan, teacher: nn.Module, student: nn.Module, splits: DataSplits,
                   config: FinetuneConfig, out: str | Path, model_name: str, num_classes: int, normalize: str,
                   batch_size: int = 128, workers: int = 2, budget_file: str | None = None,
-                  progress: bool = True, resume: bool = False) -> dict[str, Any]:  # fmt: skip
+                  progress: bool = True, resume: bool = False, fold_bn: bool = False) -> dict[str, Any]:  # fmt: skip
     """Fine-tunes ``student`` on all training images (BENCH.md: the search's batch size and seed),
     folds it and exports ``out/``; returns the fine-tune metrics (also in ``out/metrics.json``).
+    ``fold_bn`` folds the BatchNorms that follow convs into them in the deployable formats.
 
     While it runs, ``out/state.pt`` holds its state (every ``config.checkpoint_every`` steps, each
     epoch, on SIGTERM / SIGINT); ``resume`` continues from it; it is removed once the bundle is out.
@@ -56,7 +57,7 @@ def finetune_plan(plan: ChannelPlan, teacher: nn.Module, student: nn.Module, spl
         raise DivergedError(f"{exc}; no bundle was exported. Lower the fine-tune learning rate and fine-tune "
                             "again") from None  # fmt: skip
     if distributed.is_main():
-        export(result.model, plan, result.metrics, out, model_name, num_classes, normalize, budget_file)
+        export(result.model, plan, result.metrics, out, model_name, num_classes, normalize, budget_file, fold_bn)
         (Path(out) / "state.pt").unlink(missing_ok=True)  # the bundle is out: the (large) resume state goes
     distributed.barrier()
     return result.metrics

@@ -32,8 +32,8 @@ log = logging.getLogger("dais_search")
 
 
 def run_pipeline(budget: Budget, budget_path: str, out: str, resume: bool = False, device: str = "cpu",
-                 progress: bool = True, overrides: dict[str, Any] | None = None,
-                 method: str = "dais", random_teacher: bool = False) -> dict[str, Any]:  # fmt: skip
+                 progress: bool = True, overrides: dict[str, Any] | None = None, method: str = "dais",
+                 random_teacher: bool = False, fold_bn: bool = False) -> dict[str, Any]:  # fmt: skip
     """The main job: search -> prune -> LOP + distillation fine-tune -> fold -> export.
 
     Without ``model.checkpoint`` the dense "teacher" is the random initialisation, which makes the
@@ -42,7 +42,8 @@ def run_pipeline(budget: Budget, budget_path: str, out: str, resume: bool = Fals
 
     ``method`` ``"dais"`` searches; a baseline method (``l1-uniform``, ``eagleeye``, ...: see
     :func:`dais_search.search.list_methods`) makes the plan instead, through the same fine-tune,
-    fold and export.
+    fold and export. ``fold_bn`` folds the BatchNorms that follow convs into them in the bundle's
+    deployable formats (model.ts, model.pt2, model.onnx).
 
     Resumable per stage with ``resume``: a finished search (``plan.json``) or fine-tune
     (``bundle/metrics.json``) is not run again, an interrupted search continues from its state.
@@ -84,7 +85,7 @@ def run_pipeline(budget: Budget, budget_path: str, out: str, resume: bool = Fals
         student = student_of(plan, teacher, out_dir / "pruned.pt")
         ft_metrics = finetune_plan(plan, teacher, student, splits, config, bundle, budget.model.name, num_classes,
                                    dspec.normalize, dspec.batch_size, dspec.workers, budget_path, progress,
-                                   resume and (bundle / "state.pt").is_file())  # fmt: skip
+                                   resume and (bundle / "state.pt").is_file(), fold_bn)  # fmt: skip
     if not distributed.is_main():  # torchrun: rank 0 measures, writes the summary and prints
         return {}
     deployed = plan.apply(teacher)

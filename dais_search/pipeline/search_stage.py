@@ -30,8 +30,8 @@ from .common import check_budget_inputs, check_resume_settings, load_budget_inpu
 __all__ = ["SAFE_TO_CHANGE", "run_search"]
 
 # Settings a resumed search may change: more epochs (the schedule is stretched from where it is), how
-# often it saves, and the loader processes. Anything else would make it a different search.
-SAFE_TO_CHANGE = ("search.epochs", "search.checkpoint_every", "data.workers")
+# often it saves and logs, and the loader processes. Anything else would make it a different search.
+SAFE_TO_CHANGE = ("search.epochs", "search.checkpoint_every", "data.workers", "monitor.every", "monitor.snapshots")
 
 
 def run_search(budget: Budget, budget_path: str, out: str, resume: bool = False, device: str = "cpu",

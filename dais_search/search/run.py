@@ -14,11 +14,10 @@ Example:
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +30,8 @@ from ..checkpoint import get_rng_state, set_rng_state, stop_requests
 from ..distributed import broadcast_state, is_main
 from ..errors import DivergedError, UserError
 from ..files import atomic_torch_save
-from ..monitor import MetricWriter, indicator_heatmap
 from ..train import as_input, recalibrate_bn, time_train_steps
+from .monitoring import SearchMonitor
 from .schedules import get_schedule
 from .searcher import Searcher, SearchInterrupted
 
@@ -85,8 +84,9 @@ def search(
         train_loader, held_out_loader: iterables of ``(images, labels)`` batches with ``len()``;
             one pass over ``train_loader`` is an epoch (or ``search.max_steps`` batches of it).
         example_input: an input of the shape the budget is measured at (batch 1).
-        log_dir: write TensorBoard events there (temperature, FLOPs / target, multiplier, losses,
-            binarisation gap, keep ratios, mask histograms and images, the final plan).
+        log_dir: write TensorBoard events there (curves of the temperature, FLOPs / target, multiplier,
+            losses, binarisation gap and every group's keep ratio; mask histograms and heatmaps; the final
+            plan: :mod:`.monitoring`) and the indicator snapshots ``dais-search plot`` draws.
         state_path: save the search state there after every epoch and every ``search.checkpoint_every``
             weight steps (and on SIGTERM / SIGINT, which then stop the search with a hint to resume);
             with ``resume`` continue from it exactly (mid-epoch too: model, optimizers, gates,
@@ -142,15 +142,17 @@ def search(
                      "position": position, "history": history, "rng": get_rng_state()}
             atomic_torch_save(state, state_path)
 
-    writer = MetricWriter(log_dir) if log_dir is not None and is_main() else None  # torchrun: rank 0 logs
-    on_gate_step = _gate_step_logger(writer) if writer is not None else None
+    monitor = None
+    if log_dir is not None and is_main():  # torchrun: rank 0 logs
+        monitor = SearchMonitor(log_dir, searcher, steps * spec.epochs, budget.monitor,
+                                resume_step=searcher.step if resume else None)  # fmt: skip
     with stop_requests() as stop:
         for epoch in range(start_epoch, spec.epochs):
             start_step, totals = (position["step"], position["totals"]) if position else (0, None)
             position = None
             try:
                 stats = searcher.run_epoch(epoch, train_loader, held_out_loader, gate_every, spec.max_steps, progress,
-                                           on_gate_step, start_step, totals,
+                                           monitor, start_step, totals,
                                            lambda step, totals, e=epoch: save(e, {"step": step, "totals": totals}),
                                            spec.checkpoint_every if state_path is not None else 0, stop)  # fmt: skip
             except DivergedError as exc:
@@ -166,8 +168,8 @@ def search(
                 float(searcher.soft_cost(searcher.gates.expected_width(masks))) / searcher.cost_target
             )
             history.append(stats)
-            if writer is not None:
-                _log_epoch(writer, searcher, stats, masks)
+            if monitor is not None:
+                monitor.epoch(searcher, stats)
             save(epoch + 1)
             log.info("search epoch %d/%d: %s", epoch + 1, spec.epochs,
                      ", ".join(f"{k} {v:.4g}" for k, v in stats.items() if isinstance(v, float)))  # fmt: skip
@@ -181,9 +183,8 @@ def search(
     for h in history:
         h["dense_epoch_seconds"] = dense_step * steps
         h["search_over_dense_epoch"] = h["seconds"] / max(dense_step * steps, 1e-9)
-    if writer is not None:
-        writer.text("plan/final", "```\n" + _plan_text(plan) + "\n```", searcher.step)
-        writer.close()
+    if monitor is not None:
+        monitor.close(searcher, plan)
     metrics = {
         "mode": spec.mode,
         "weight_epochs": spec.epochs if spec.train_weights else 0,  # what BENCH.md's equal-total-epochs rule counts
@@ -211,43 +212,6 @@ def _interrupted(epoch: int, step: int, state_path) -> UserError:
         return UserError(f"search interrupted ({where}); no state_path was given, so nothing was saved")
     return UserError(f"search interrupted ({where}); its state is saved in {state_path}: continue it with "
                      "--resume (the same command, plus --resume)")
-
-
-def _plan_text(plan: ChannelPlan, limit: int = 60_000) -> str:
-    """The plan's JSON, cut to what a TensorBoard text panel shows."""
-    return json.dumps(plan.to_dict(), indent=1)[:limit]
-
-
-def _gate_step_logger(writer: MetricWriter) -> Callable[[Searcher, dict[str, float], float], None]:
-    def on_gate_step(s: Searcher, stats: dict[str, float], temperature: float) -> None:
-        scalars = {
-            "search/temperature": temperature,
-            f"search/{s.cost_name}_ratio": stats[f"{s.cost_name}_ratio"],
-            "search/lambda": s.lam,
-            "search/val_loss": stats["val_loss"],
-            "search/binarization_gap": s.gates.binarization_gap(s.gates()),
-        }
-        if s.params_target is not None:
-            scalars["search/lambda_params"] = s.lam_params
-        writer.scalars(s.step, scalars)
-
-    return on_gate_step
-
-
-def _log_epoch(writer: MetricWriter, searcher: Searcher, stats: dict[str, Any], masks: list[torch.Tensor]) -> None:
-    step = searcher.step
-    scalars = {"search/val_top1": stats["val_top1"]}
-    if "train_loss" in stats:  # absent when the weights stay the teacher's (search.train_weights = false)
-        scalars |= {"search/task_loss": stats["train_loss"], "search/train_top1": stats["train_top1"]}
-    writer.scalars(step, scalars)
-    blocks = searcher.gates.block_masks()
-    if blocks is not None:  # granularity = ["block", "channel"]: each residual block's soft keep value
-        writer.scalars(step, {f"block/{b.name}": float(v) for b, v in zip(searcher.blocks, blocks, strict=True)})
-    for g, m in zip(searcher.groups, masks, strict=True):
-        writer.scalars(step, {f"keep/{g.name}": float(m.sum()) / g.size})
-        writer.histogram(f"mask/{g.name}", m, step)
-    writer.image("search/indicators", indicator_heatmap(masks), step)
-    writer.flush()
 
 
 def _time_dense_steps(dense: nn.Module, loader: Batches, steps: int) -> float:

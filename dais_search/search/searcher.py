@@ -237,11 +237,13 @@ class Searcher:
                   should_stop=None) -> dict[str, float]:  # fmt: skip
         """One pass over the train split with a gate step every ``gate_every`` weight steps.
 
-        Resuming mid-epoch: the batches before ``start_step`` are drawn from both loaders again (so
-        that shuffling and augmentation continue exactly where they stopped) but not computed on, and
-        ``totals`` (from a checkpoint) carries the pass's running sums. ``checkpoint(step, totals)`` is
-        called every ``checkpoint_every`` steps and, when ``should_stop()`` turns true (a signal), once
-        more before :class:`SearchInterrupted` is raised.
+        ``on_step(searcher, weight_stats, gate_stats, temperature, progress)`` is called after every
+        weight step (``weight_stats`` is ``None`` when the weights are frozen, ``gate_stats`` when no
+        gate step was taken). Resuming mid-epoch: the batches before ``start_step`` are drawn from
+        both loaders again (so that shuffling and augmentation continue exactly where they stopped)
+        but not computed on, and ``totals`` (from a checkpoint) carries the pass's running sums.
+        ``checkpoint(step, totals)`` is called every ``checkpoint_every`` steps and, when
+        ``should_stop()`` turns true (a signal), once more before :class:`SearchInterrupted` is raised.
         """
         spec = self.budget.search
         steps = len(train_loader) if not max_steps else min(max_steps, len(train_loader))
@@ -263,7 +265,9 @@ class Searcher:
                     batch = next(val_iter, None)
             if i < start_step:  # done before the interruption: only the loaders move on
                 continue
-            t = self.set_progress((epoch * steps + i) / max(1, spec.epochs * steps - 1))
+            progress_now = (epoch * steps + i) / max(1, spec.epochs * steps - 1)
+            t = self.set_progress(progress_now)
+            s = g = None
             if spec.train_weights:
                 s = self.weight_step(x, y)
                 totals["loss"] += s.loss * s.seen
@@ -277,8 +281,8 @@ class Searcher:
                 totals["val_correct"] += g["val_correct"]
                 totals["val_seen"] += g["val_seen"]
                 totals["gate_steps"] += 1
-                if on_step is not None:
-                    on_step(self, g, t)
+            if on_step is not None:
+                on_step(self, s, g, t, progress_now)
             bar.update(1)
             if progress and i % 20 == 0:
                 with torch.no_grad():

@@ -22,8 +22,8 @@ def _write_budget(path, **search):
 
 
 REQUIRED_TAGS = [
-    "search/temperature", "search/flops_ratio", "search/lambda", "search/task_loss", "search/train_top1",
-    "search/val_top1", "search/val_loss", "search/binarization_gap",
+    "search/temperature", "search/progress", "search/flops_ratio", "search/lambda", "search/task_loss",
+    "search/val_loss", "search/binarization_gap", "epoch/train_top1", "epoch/val_top1", "epoch/train_loss",
 ]  # fmt: skip
 
 
