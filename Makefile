@@ -28,7 +28,7 @@ demo: $(STAMP)
 		--out runs/demo/run --no-progress
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check dais_search tests benchmarks
+	$(VENV)/bin/ruff check dais_search tests benchmarks docs
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not slow"
 

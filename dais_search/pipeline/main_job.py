@@ -116,5 +116,8 @@ def run_pipeline(budget: Budget, budget_path: str, out: str, resume: bool = Fals
         for name, s in (("dense", summary["dense"]), ("pruned (fine-tuned, folded)", summary["pruned"]))
     ]  # fmt: skip
     print(format_table(rows, ["model", "test top-1 %", "FLOPs", "params", "CPU ms (batch 1)", f"CPU ms (batch {bn})"]))
-    print(f"exported: {bundle}/model.ts (TorchScript), {bundle}/model.pt, {bundle}/plan.json")
+    exported = json.loads((bundle / "metrics.json").read_text()).get("export", {})
+    formats = exported.get("formats", ["model.ts", "model.pt", "plan.json"])
+    print(f"exported to {bundle}/: {', '.join(formats)}"
+          + "".join(f"; {name} skipped ({why})" for name, why in exported.get("skipped", {}).items()))  # fmt: skip
     return summary
