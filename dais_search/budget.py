@@ -122,6 +122,9 @@ class FinetuneSpec:
     precision: str = "fp32"  # "bf16": autocast of the fine-tune's forward passes
     channels_last: bool = False
     checkpoint_every: int = 200  # steps between saves of the fine-tune state (bundle/state.pt)
+    sparsity: float = 0.0  # weight grain: fraction of conv/linear weights zeroed by magnitude after the fold
+    sparsity_scope: str = "global"  # "global" (one threshold) or "layer" (the fraction in every layer)
+    sparse_epochs: int = 1  # fine-tune epochs with the zeros held
 
 
 @dataclass(frozen=True)
@@ -280,6 +283,11 @@ def check_budget(budget: Budget) -> Budget:
         raise UserError(f"{where}: finetune.kd = {finetune.kd!r}; choose sp, logit, sp+logit or none")
     if finetune.epochs < 1 or finetune.lr <= 0 or finetune.overparam < 0:
         raise UserError(f"{where}: need finetune.epochs >= 1, finetune.lr > 0 and finetune.overparam >= 0")
+    scopes = ("global", "layer")
+    if not 0 <= finetune.sparsity < 1 or finetune.sparsity_scope not in scopes or finetune.sparse_epochs < 0:
+        raise UserError(f"{where}: finetune.sparsity = {finetune.sparsity}, sparsity_scope = "
+                        f"{finetune.sparsity_scope!r}, sparse_epochs = {finetune.sparse_epochs}; give a fraction of "
+                        'the weights in [0, 1) (0: off), "global" or "layer", and epochs >= 0')  # fmt: skip
     spec = dataclasses.replace(
         spec,
         flops=_check_fraction(spec.flops, "budget.flops", where),

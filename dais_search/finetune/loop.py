@@ -38,6 +38,7 @@ from ..train import (
 )
 from .distill import DistillTask, resolve_layers
 from .overparam import expand, fold
+from .sparsity import SCOPES, apply_masks, magnitude_masks, sparse_finetune, sparsity_report
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "distill_layers", "finetune"]
 
@@ -71,6 +72,9 @@ class FinetuneConfig:
     checkpoint_every: int = 200  # steps between saves of the fine-tune state (when finetune gets a state_path)
     precision: str = "fp32"  # "bf16": autocast of the forward passes (weights stay float32; the fold is exact)
     channels_last: bool = False
+    sparsity: float = 0.0  # after the fold: this fraction of conv/linear weights zeroed by magnitude (no speed-up)
+    sparsity_scope: str = "global"  # "global": one threshold over all layers; "layer": the fraction in each
+    sparse_epochs: int = 1  # fine-tune epochs with the zeros held (counted in the total training epochs)
 
     def __post_init__(self) -> None:
         if self.kd not in KD_MODES:
@@ -81,6 +85,9 @@ class FinetuneConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.overparam < 0 or self.epochs < 1 or self.lr <= 0:
             raise ValueError("overparam must be >= 0, epochs >= 1 and lr > 0")
+        if not 0 <= self.sparsity < 1 or self.sparsity_scope not in SCOPES or self.sparse_epochs < 0:
+            raise ValueError(f"sparsity must be in [0, 1), sparsity_scope one of {', '.join(SCOPES)} and "
+                             "sparse_epochs >= 0")  # fmt: skip
 
 
 def distill_layers(teacher: nn.Module, config: FinetuneConfig) -> list[str]:
@@ -252,4 +259,29 @@ def finetune(
     }
     if test_loader is not None:
         metrics["test_top1"] = evaluate(folded, test_loader, progress=False)["top1"]
+    if config.sparsity:
+        metrics["sparsity"] = _sparsify(folded, teacher, train_loader, config, progress, test_loader)
+        if test_loader is not None:
+            metrics["test_top1_structured"] = metrics["test_top1"]
+            metrics["test_top1"] = metrics["sparsity"]["test_top1"]
     return FinetuneResult(folded, metrics)
+
+
+def _sparsify(folded: nn.Module, teacher: nn.Module, train_loader, config: FinetuneConfig, progress: bool,
+              test_loader) -> dict[str, Any]:  # fmt: skip
+    """The weight grain: magnitude sparsity on the folded model, then ``sparse_epochs`` epochs with the
+    zeros held (plain cross-entropy, BENCH.md's schedule); the report and the sparse test top-1."""
+    start = time.perf_counter()
+    masks = magnitude_masks(folded, config.sparsity, config.sparsity_scope)
+    history = sparse_finetune(folded, masks, train_loader, config.sparse_epochs, config.lr, config.max_steps,
+                              progress) if config.sparse_epochs else []  # fmt: skip
+    if not config.sparse_epochs:
+        apply_masks(folded, masks)
+    check_finite_model(folded, "fine-tune: the sparse model")
+    report = {"sparsity": config.sparsity, "scope": config.sparsity_scope, "epochs": config.sparse_epochs,
+              "history": history, "seconds": time.perf_counter() - start,
+              **sparsity_report(folded, count_params(teacher))}  # fmt: skip
+    if test_loader is not None:
+        report["test_top1"] = evaluate(folded, test_loader, progress=False)["top1"]
+    folded.eval()
+    return report
