@@ -294,32 +294,62 @@ def render(records: list[dict], out_md: Path, out_png: Path | None) -> str:
 
 
 def _plot(records: list[dict], path: Path) -> None:
+    """Several budgets: accuracy against FLOPs ratio, a marker per method. One budget (the FLOPs
+    ratios then differ by rounding only): a dot per method and fairness row, sorted by accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = "osD^v<>pP*XhH8d"
-    methods = sorted({r["method"] for r in records})
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
-    for i, m in enumerate(methods):
-        by_budget: dict[str, list[dict]] = {}
-        for r in records:
-            if r["method"] == m:
-                by_budget.setdefault(r["budget"], []).append(r)
-        xs, ys, es = [], [], []
-        for rs in by_budget.values():
-            acc = [x["rows"]["equal_total"]["test_top1"] for x in rs]
-            xs.append(statistics.mean(x["flops_ratio"] for x in rs))
-            ys.append(statistics.mean(acc))
-            es.append(statistics.stdev(acc) if len(acc) > 1 else 0.0)
-        ax.errorbar(xs, ys, yerr=es, marker=markers[i % len(markers)], linestyle="none", capsize=3, label=m)
+    budgets = sorted({r["budget"] for r in records})
     teacher = records[0]["teacher"]
-    ax.set_xlabel("FLOPs of the pruned network / dense FLOPs")
-    ax.set_ylabel("CIFAR-10 test top-1 (%), equal total epochs")
-    ax.set_title(f"{teacher}: accuracy vs FLOPs (mean +- std over seeds where there are several)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2, loc="lower right")
+    if len(budgets) == 1:
+        by_method: dict[str, list[dict]] = {}
+        for r in records:
+            by_method.setdefault(r["method"], []).append(r)
+
+        def stats(rs: list[dict], row: str) -> tuple[float, float]:
+            acc = [x["rows"][row]["test_top1"] for x in rs]
+            return statistics.mean(acc), statistics.stdev(acc) if len(acc) > 1 else 0.0
+
+        order = sorted(by_method, key=lambda m: stats(by_method[m], "equal_total")[0])
+        fig, ax = plt.subplots(figsize=(9, 0.9 + 0.42 * len(order)), dpi=120)
+        for row, marker, colour, label in (("equal_finetune", "o", "tab:blue", "equal fine-tune epochs"),
+                                           ("equal_total", "s", "tab:red", "equal total epochs")):  # fmt: skip
+            means, stds = zip(*(stats(by_method[m], row) for m in order), strict=True)
+            ax.errorbar(means, range(len(order)), xerr=stds, marker=marker, color=colour, linestyle="none",
+                        capsize=3, label=label)  # fmt: skip
+            if row == "equal_total":
+                for y, (mean, _) in enumerate(zip(means, stds, strict=True)):
+                    ax.annotate(f"{mean:.2f}", (mean, y), textcoords="offset points", xytext=(6, -3), fontsize=8)
+        ax.set_yticks(range(len(order)))
+        ax.set_yticklabels(order)
+        ax.set_xlabel("CIFAR-10 test top-1 (%)")
+        first = records[0]
+        ax.set_title(f"{teacher} at {first['target_flops_ratio']:.0%} of its FLOPs ({budgets[0]}): "
+                     f"dense {first['dense_test_top1']:.2f}%", fontsize=10)  # fmt: skip
+        ax.grid(alpha=0.3, axis="x")
+        ax.legend(fontsize=8, loc="lower right")
+    else:
+        markers = "osD^v<>pP*XhH8d"
+        fig, ax = plt.subplots(figsize=(10, 5.5), dpi=120)
+        for i, m in enumerate(sorted({r["method"] for r in records})):
+            by_budget: dict[str, list[dict]] = {}
+            for r in records:
+                if r["method"] == m:
+                    by_budget.setdefault(r["budget"], []).append(r)
+            xs, ys, es = [], [], []
+            for rs in by_budget.values():
+                acc = [x["rows"]["equal_total"]["test_top1"] for x in rs]
+                xs.append(statistics.mean(x["flops_ratio"] for x in rs))
+                ys.append(statistics.mean(acc))
+                es.append(statistics.stdev(acc) if len(acc) > 1 else 0.0)
+            ax.errorbar(xs, ys, yerr=es, marker=markers[i % len(markers)], linestyle="none", capsize=3, label=m)
+        ax.set_xlabel("FLOPs of the pruned network / dense FLOPs")
+        ax.set_ylabel("CIFAR-10 test top-1 (%), equal total epochs")
+        ax.set_title(f"{teacher}: accuracy vs FLOPs (mean +- std over seeds where there are several)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: hides no point
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
