@@ -118,6 +118,6 @@ def run_pipeline(budget: Budget, budget_path: str, out: str, resume: bool = Fals
     print(format_table(rows, ["model", "test top-1 %", "FLOPs", "params", "CPU ms (batch 1)", f"CPU ms (batch {bn})"]))
     exported = json.loads((bundle / "metrics.json").read_text()).get("export", {})
     formats = exported.get("formats", ["model.ts", "model.pt", "plan.json"])
-    print(f"exported to {bundle}/: {', '.join(formats)}"
+    print(f"exported: {', '.join(formats)} in {bundle}"
           + "".join(f"; {name} skipped ({why})" for name, why in exported.get("skipped", {}).items()))  # fmt: skip
     return summary
