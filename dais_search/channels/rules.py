@@ -332,6 +332,32 @@ def _layer_norm(w: RuleContext, node, args, kwargs, shape):
     return OPAQUE if x.cdim >= len(x.shape) - len(normalized) else x
 
 
+def _batch_norm(w: RuleContext, node, args, kwargs, shape):
+    """``F.batch_norm`` called by a module's own forward (timm's BatchNormAct2d, frozen BN): statistics
+    and affine parameters are per channel on dim 1, so the channels pass through and each registered
+    statistic or parameter becomes a sliced member; any other per-channel tensor is opaque."""
+    x = args[0] if args else None
+    if not isinstance(x, TensorInfo) or not isinstance(shape, tuple) or shape != x.shape:
+        return OPAQUE
+    names = ("running_mean", "running_var", "weight", "bias")
+    per_channel = [_arg(args, kwargs, i, name) for i, name in enumerate(names, start=1)]
+    tensors = [a for a in flat(args[1:]) + flat(list(kwargs.values())) if isinstance(a, (TensorInfo, ParamInfo))]
+    if len(tensors) != sum(p is not None for p in per_channel):
+        return OPAQUE  # a tensor where a constant (training, momentum, eps) belongs
+    if x.cdim is None:
+        return w.tk.untracked(shape)
+    if x.cdim != 1 or len(x.shape) < 2:
+        return OPAQUE
+    channels = x.shape[1]
+    if not all(p is None or (isinstance(p, ParamInfo) and p.shape == (channels,)) for p in per_channel):
+        return OPAQUE  # statistics made in forward cannot be sliced
+    for p in per_channel:
+        if p is not None:
+            w.tk.site(p.path, "dim0", x.atoms)
+            w.param_shapes[p.path] = p.shape
+    return x
+
+
 def _getitem(w: RuleContext, node, args, kwargs, shape):
     x, index = args
     if isinstance(x, list):
@@ -412,9 +438,9 @@ register_function(
     F.relu, F.relu6, F.elu, F.selu, F.celu, F.leaky_relu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
     F.hardtanh, F.softplus, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
     torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.clamp, torch.clip, torch.abs, torch.neg, torch.exp,
-    F.sigmoid, F.tanh, operator.neg, torch.square, torch.sqrt,
+    F.sigmoid, F.tanh, operator.neg, torch.square, torch.sqrt, operator.pow, torch.pow,
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clip", "contiguous", "clone",
-    "float", "half", "double", "bfloat16", "to", "type_as", "detach", "abs", "neg", "exp", "sqrt", "square",
+    "float", "half", "double", "bfloat16", "to", "type_as", "detach", "abs", "neg", "exp", "sqrt", "square", "pow",
 )(_unary)  # fmt: skip
 register_function(
     operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul, operator.truediv,
@@ -432,6 +458,7 @@ register_function(torch.narrow, "narrow")(_narrow)
 register_function(F.interpolate)(_interpolate)
 register_function(F.softmax, F.log_softmax, torch.softmax, "softmax", "log_softmax")(_softmax)
 register_function(F.layer_norm)(_layer_norm)
+register_function(F.batch_norm)(_batch_norm)
 register_function(operator.getitem)(_getitem)
 register_function(torch.chunk, torch.split, torch.unbind, "chunk", "split", "unbind")(_split)
 register_function(getattr, "size", "dim")(_no_tensor)

@@ -1,7 +1,9 @@
 """Model registry: every network the library can build, by name.
 
 Built-in CIFAR networks are registered below; every torchvision classification model is available
-as ``tv:NAME`` (e.g. ``tv:resnet50``). Users add their own with :func:`register_model`::
+as ``tv:NAME`` (e.g. ``tv:resnet50``) and, with the optional timm package
+(``pip install 'dais-search[timm]'``), every timm model as ``timm:NAME`` (e.g. ``timm:resnet18``;
+random weights, nothing downloaded). Users add their own with :func:`register_model`::
 
     @register_model("mynet", input_size=(3, 32, 32))
     def mynet(num_classes: int = 10) -> nn.Module: ...
@@ -25,11 +27,14 @@ from ..errors import UserError
 from .cifar_mobilenetv2 import CifarMobileNetV2
 from .cifar_resnet import CifarResNet, cifar_resnet
 from .cifar_vgg import CifarVGG, cifar_vgg
+from .timm_models import TIMM_PREFIX, create_timm_model, timm_input_size, timm_model_names
 
 __all__ = [
     "CifarMobileNetV2",
     "CifarResNet",
     "CifarVGG",
+    "TIMM_PREFIX",
+    "TV_PREFIX",
     "create_model",
     "input_size",
     "list_models",
@@ -55,7 +60,7 @@ def register_model(
     """Decorator that registers ``builder(num_classes=..., **kwargs) -> nn.Module`` under ``name``.
 
     Args:
-        name: registry key; must be new and must not start with ``tv:``.
+        name: registry key; must be new and must not start with ``tv:`` or ``timm:``.
         input_size: the (C, H, W) the model is meant for; the default input of ``flops``.
         description: one line for ``dais-search flops --list``.
 
@@ -66,6 +71,8 @@ def register_model(
         raise ValueError(f"model {name!r} is already registered")
     if name.startswith(TV_PREFIX):
         raise ValueError(f"names starting with {TV_PREFIX!r} are reserved for torchvision models")
+    if name.startswith(TIMM_PREFIX):
+        raise ValueError(f"names starting with {TIMM_PREFIX!r} are reserved for timm models")
 
     def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _REGISTRY[name] = _Entry(builder, tuple(input_size), description)
@@ -92,11 +99,14 @@ def _torchvision_classification_models() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def list_models(include_torchvision: bool = False) -> list[str]:
-    """Names :func:`create_model` accepts; with ``include_torchvision``, also every ``tv:NAME``."""
+def list_models(include_torchvision: bool = False, include_timm: bool = False) -> list[str]:
+    """Names :func:`create_model` accepts; with ``include_torchvision``, also every ``tv:NAME``; with
+    ``include_timm``, also every ``timm:NAME`` (needs timm: a :class:`UserError` without it)."""
     names = sorted(_REGISTRY)
     if include_torchvision:
         names += [TV_PREFIX + n for n in _torchvision_classification_models()]
+    if include_timm:
+        names += [TIMM_PREFIX + n for n in timm_model_names()]
     return names
 
 
@@ -105,7 +115,8 @@ def _unknown(name: str, known: list[str]) -> UserError:
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return UserError(
         f"unknown model {name!r}.{hint} Known models: {', '.join(known)}; "
-        f"and every torchvision classification model as 'tv:NAME' (e.g. tv:resnet50)."
+        f"and every torchvision classification model as 'tv:NAME' (e.g. tv:resnet50), "
+        f"every timm model as 'timm:NAME' (e.g. timm:resnet18; pip install 'dais-search[timm]')."
     )
 
 
@@ -122,17 +133,23 @@ def _tv_name(name: str) -> str:
 
 
 def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
-    """Builds a freshly initialised model by registry name or ``tv:NAME``.
+    """Builds a freshly initialised model by registry name, ``tv:NAME`` or ``timm:NAME``.
 
     Args:
-        name: a name from :func:`list_models`, or ``tv:`` + a torchvision classification model.
+        name: a name from :func:`list_models`, ``tv:`` + a torchvision classification model, or
+            ``timm:`` + a timm model (optionally with its pretrained tag, ``timm:resnet18.a1_in1k``).
         num_classes: size of the classifier output.
         **kwargs: passed to the builder (for ``tv:`` models, to ``torchvision.models.get_model``,
-            e.g. ``weights="DEFAULT"``, which downloads the ImageNet weights).
+            e.g. ``weights="DEFAULT"``, which downloads the ImageNet weights; for ``timm:`` models,
+            to ``timm.create_model``, which gets ``pretrained=False`` unless ``pretrained=True`` is
+            passed, which downloads the weights).
 
     Raises:
-        UserError: for an unknown name; the message lists the known ones.
+        UserError: for an unknown name (the message lists the known ones, or the closest timm
+            names), or a ``timm:`` name without timm installed.
     """
+    if name.startswith(TIMM_PREFIX):
+        return create_timm_model(name, num_classes=num_classes, **kwargs)
     if name.startswith(TV_PREFIX):
         import torchvision.models
 
@@ -143,7 +160,10 @@ def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
 
 
 def input_size(name: str) -> tuple[int, int, int]:
-    """The (C, H, W) input a model is meant for: 32x32 for CIFAR models, the weights' crop for ``tv:``."""
+    """The (C, H, W) input a model is meant for: 32x32 for CIFAR models, the weights' crop for ``tv:``,
+    the pretrained config's ``input_size`` for ``timm:`` (no network)."""
+    if name.startswith(TIMM_PREFIX):
+        return timm_input_size(name)
     if name.startswith(TV_PREFIX):
         import torchvision.models
 
