@@ -97,7 +97,7 @@ class SearchSpec:
     seed: int = 0
     precision: str = "fp32"  # "bf16": autocast of the forward passes (weights and gates stay float32)
     channels_last: bool = False  # channels-last memory format for the convolutions
-    granularity: tuple[str, ...] = ("channel",)  # add "block": residual blocks removed whole, searched jointly
+    granularity: tuple[str, ...] = ("channel",)  # add "block" (residual blocks) and/or "layer" (chain layers)
     block_thin: float = 0.125  # with blocks: a kept block whose narrowest inner group keeps <= this fraction goes
 
 
@@ -301,9 +301,10 @@ def check_budget(budget: Budget) -> Budget:
             raise UserError(f'{where}: {section}.precision = {spec_.precision!r}; choose "fp32" or "bf16"')
     if not 0 <= search.block_thin < 1:
         raise UserError(f"{where}: search.block_thin = {search.block_thin}; give a fraction in [0, 1) (0: off)")
-    if "channel" not in search.granularity or not set(search.granularity) <= {"block", "channel"}:
-        raise UserError(f"{where}: search.granularity = {list(search.granularity)}; give [\"channel\"] or "
-                        '["block", "channel"] (residual blocks removed whole, searched with the channels)')
+    if "channel" not in search.granularity or not set(search.granularity) <= {"block", "layer", "channel"}:
+        raise UserError(f"{where}: search.granularity = {list(search.granularity)}; give [\"channel\"] with any of "
+                        '"block" (residual blocks removed whole) and "layer" (layers of plain chains removed, '
+                        'as in VGG), e.g. ["block", "channel"]')
     if search.mode not in MODES:
         raise UserError(f"{where}: search.mode = {search.mode!r}; choose one of {', '.join(MODES)}")
     if not 0 < search.temperature_end <= search.temperature_start:

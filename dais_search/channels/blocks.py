@@ -46,6 +46,10 @@ class ResidualBlock:
         modules: the module paths the branch calls (in the model).
         output: the module whose output is the branch operand of the addition ("" when a function
             computes it): where a search scales the branch by its block indicator.
+        kind: ``"residual"``, or ``"layer"`` for a layer of a plain chain (:mod:`.chain`): then
+            ``node`` is the segment's output, ``source`` its input (node names in the model's trace),
+            ``modules`` the segment's modules in call order, and removal replaces the output by the input.
+        source: the segment's input node (kind ``"layer"``).
     """
 
     name: str
@@ -56,6 +60,8 @@ class ResidualBlock:
     node: str
     modules: tuple[str, ...]
     output: str = ""
+    kind: str = "residual"
+    source: str = ""
 
 
 def _is_add(node: fx.Node) -> bool:
@@ -147,7 +153,12 @@ def find_blocks(model: nn.Module, gm: fx.GraphModule, infos: dict) -> list[Resid
 def _remove_in(gm: fx.GraphModule, blocks: Sequence[ResidualBlock]) -> None:
     """Removes ``blocks`` (all of one owner) from ``gm``, a trace of that owner alone."""
     adds = {}
+    prefix = len(blocks[0].owner) + 1
+    by_target = {str(n.target): n for n in gm.graph.nodes if n.op == "call_module"}
     for block in blocks:
+        if block.kind == "layer":  # the segment's output is replaced by its input
+            by_target[block.output[prefix:]].replace_all_uses_with(by_target[block.modules[0][prefix:]].args[0])
+            continue
         calls = [n for n in gm.graph.nodes if n.op in ("call_function", "call_method") and not owner_of(n)
                  and index_target(n) == block.target]  # fmt: skip
         adds[calls[block.occurrence]] = block.skip

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..cost import count_flops, count_params
 from .blocks import ResidualBlock
+from .chain import layer_classes
 from .groups import ChannelGraph, trace_channels
 from .layers import Term, handler_for
 
@@ -48,13 +49,39 @@ class FlopsModel:
         self.blocks = list(blocks)
         n = len(self.groups)
 
-        def axis(path: str, role: str) -> tuple[float, torch.Tensor]:
-            return axis_counts(graph, self.groups, path, role)
+        classes: dict[frozenset, dict] = {}  # atom classes with a set of chain layers removed
+
+        def classes_without(removed: frozenset) -> dict:
+            if removed not in classes:
+                classes[removed] = layer_classes(graph, [self.blocks[k] for k in sorted(removed)])
+            return classes[removed]
 
         def terms_of(terms: list, path: str) -> list[tuple[float, list[tuple[float, torch.Tensor]], torch.Tensor]]:
+            """Each term, with the factor of every block it sits in; a term that reads a searched
+            chain layer's output is split in two: ``g`` times itself, and ``1 - g`` times the same term
+            reading the layer's input channels (marked -1), downstream layers first."""
             inside = torch.tensor([float(path in b.modules or path.rpartition(".")[0] in b.modules)
                                    for b in self.blocks])  # fmt: skip
-            return [(t.coef, [axis(path, r) for r in t.roles], inside) for t in terms]
+            variants = [(frozenset(), inside)]
+            for k in reversed(range(len(self.blocks))):
+                layer = self.blocks[k]
+                if layer.kind != "layer" or inside[k]:
+                    continue
+                out_group = graph.atom_class[graph.infos[layer.node].atoms[0]][0]
+                split = []
+                for removed, factors in variants:
+                    atom_class = classes_without(removed)
+                    reads = any(atom_class.get(a, (None,))[0] == out_group
+                                for t in terms for r in t.roles for a in graph.sites[(path, r)])  # fmt: skip
+                    if not reads:
+                        split.append((removed, factors))
+                        continue
+                    kept, gone = factors.clone(), factors.clone()
+                    kept[k], gone[k] = 1.0, -1.0
+                    split += [(removed, kept), (removed | {k}, gone)]
+                variants = split
+            return [(t.coef, [axis_counts(graph, self.groups, path, r, classes_without(removed)) for r in t.roles],
+                     factors) for removed, factors in variants for t in terms]  # fmt: skip
 
         flop_terms, param_terms = [], []
         for path, in_shape, out_shape in graph.calls:
@@ -105,16 +132,19 @@ class FlopsModel:
     @staticmethod
     def _evaluate(packed, widths: torch.Tensor, blocks: torch.Tensor | None = None) -> torch.Tensor:
         """The polynomial at ``widths`` of shape (G,) or a batch (B, G); a term inside residual
-        blocks is multiplied by their ``blocks`` values (kept: 1, removed: 0; (K,) or (B, K))."""
+        blocks or chain layers is multiplied by their ``blocks`` values (kept: 1, removed: 0; (K,) or
+        (B, K); default all kept), a term marked -1 for a chain layer (it reads the layer's input in
+        its place) by ``1 - value``."""
         w = widths.to(torch.float64)
         total = torch.zeros(w.shape[:-1], dtype=torch.float64, device=w.device)
         for coef, fixed, mats, inside in packed:
             factors = fixed.to(w.device) + torch.einsum("tkg,...g->...tk", mats.to(w.device), w)  # (..., terms, k)
             value = coef.to(w.device) * factors.prod(dim=-1)
-            if blocks is not None and inside.shape[1]:
-                b = blocks.to(torch.float64).unsqueeze(-2)  # (..., 1, K)
+            if inside.shape[1]:
+                b = torch.ones(inside.shape[1], dtype=torch.float64) if blocks is None else blocks
+                b = b.to(device=w.device, dtype=torch.float64).unsqueeze(-2)  # (..., 1, K)
                 m = inside.to(w.device)
-                value = value * (1 - m + m * b).prod(dim=-1)  # (..., terms)
+                value = value * torch.where(m > 0, b, torch.where(m < 0, 1 - b, torch.ones_like(b))).prod(dim=-1)
             total = total + value.sum(dim=-1)
         return total
 
@@ -151,14 +181,16 @@ class FlopsModel:
         return self._params_const + self._evaluate(self._param_terms, self._widths(widths), blocks)
 
 
-def axis_counts(graph: ChannelGraph, groups: list, path: str, role: str) -> tuple[float, torch.Tensor]:
+def axis_counts(graph: ChannelGraph, groups: list, path: str, role: str,
+                atom_class: dict | None = None) -> tuple[float, torch.Tensor]:  # fmt: skip
     """(fixed count, coefficient per width of ``groups``) of one sliceable axis: the axis keeps
-    ``fixed + coef @ widths`` positions at ``widths``."""
+    ``fixed + coef @ widths`` positions at ``widths`` (``atom_class``: the graph's by default)."""
     index = {g.id: i for i, g in enumerate(groups)}
+    atom_class = graph.atom_class if atom_class is None else atom_class
     coef = torch.zeros(len(groups), dtype=torch.float64)
     fixed = 0.0
     for atom in graph.sites[(path, role)]:
-        gc = graph.atom_class.get(atom)
+        gc = atom_class.get(atom)
         if gc is not None and gc[0] in index:
             coef[index[gc[0]]] += 1.0
         else:

@@ -34,6 +34,7 @@ from ..errors import UserError
 from ..files import write_json
 from .atoms import TensorInfo
 from .blocks import ResidualBlock, find_blocks, remove_blocks
+from .chain import find_chain_layers, layer_classes
 from .groups import ChannelGraph, ChannelGroup, trace_channels
 from .index_ops import keep_of, rewrite_index_ops
 from .layers import handler_for
@@ -56,9 +57,12 @@ def fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def keep_positions(graph: ChannelGraph, kept: Mapping[int, Iterable[int]]) -> dict[tuple[str, str], torch.Tensor]:
-    """Kept indices along every sliceable axis (``(path, role) -> LongTensor``) for a plan's groups."""
-    keep = keep_of(graph.atom_class, kept)
+def keep_positions(
+    graph: ChannelGraph, kept: Mapping[int, Iterable[int]], atom_class: Mapping[int, tuple[int, int]] | None = None
+) -> dict[tuple[str, str], torch.Tensor]:
+    """Kept indices along every sliceable axis (``(path, role) -> LongTensor``) for a plan's groups
+    (``atom_class``: the graph's, or :func:`~.chain.layer_classes` with layers removed)."""
+    keep = keep_of(graph.atom_class if atom_class is None else atom_class, kept)
     return {key: torch.tensor([pos for pos, atom in enumerate(atoms) if keep(atom)], dtype=torch.long)
             for key, atoms in graph.sites.items()}  # fmt: skip
 
@@ -102,10 +106,14 @@ def _get_owner(model: nn.Module, path: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(owner) if owner else model), name
 
 
-def _slice_model(model: nn.Module, graph: ChannelGraph, kept: Mapping[int, Sequence[int]]) -> None:
-    """Slices ``model`` (whose architecture ``graph`` was traced from) in place; a module that calls a
-    channel index op with other constants after the cut is replaced by its rewritten fx trace."""
-    positions = keep_positions(graph, kept)
+def _slice_model(model: nn.Module, graph: ChannelGraph, kept: Mapping[int, Sequence[int]],
+                 removed: Sequence[ResidualBlock] = ()) -> None:  # fmt: skip
+    """Slices ``model`` (whose architecture ``graph`` was traced from) in place, then removes the
+    ``removed`` blocks and layers; a module that calls a channel index op with other constants after
+    the cut is replaced by its rewritten fx trace. What read a removed layer's output is sliced as
+    the layer's input channels (:func:`~.chain.layer_classes`)."""
+    classes = layer_classes(graph, removed)
+    positions = keep_positions(graph, kept, classes)
     by_module: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
     changed: set[str] = set()
     for (path, role), keep in positions.items():
@@ -128,7 +136,8 @@ def _slice_model(model: nn.Module, graph: ChannelGraph, kept: Mapping[int, Seque
                 raise AssertionError(f"no handler to slice {path}")
             handler.slice(module, by_module[path])
     # Channel pads, slices and splits with the pruned constants, in the modules that call them.
-    rewrite_index_ops(model, graph.index_ops, keep_of(graph.atom_class, kept))
+    rewrite_index_ops(model, graph.index_ops, keep_of(classes, kept))
+    remove_blocks(model, removed)
 
 
 def _apply_mask(x: torch.Tensor, keep: torch.Tensor, dim: int) -> torch.Tensor:
@@ -139,14 +148,18 @@ def _apply_mask(x: torch.Tensor, keep: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def _blocks_of(dense: nn.Module, graph: ChannelGraph, names: Sequence[str]) -> list[ResidualBlock]:
-    """The removable blocks named ``names``; a UserError naming the unknown ones and the choices."""
+    """The removable residual blocks and chain layers named ``names``; a UserError naming the unknown
+    ones and the choices."""
     if not names:
         return []
     blocks = {b.name: b for b in find_blocks(dense, graph.gm, graph.infos)}
+    if set(names) - set(blocks):  # chain layers are looked for only when named
+        blocks |= {b.name: b for b in find_chain_layers(dense, graph)}
     unknown = [n for n in names if n not in blocks]
     if unknown:
         raise UserError(f"{', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not a removable "
-                        f"residual block of this model; the removable ones: {', '.join(blocks) or 'none'}")  # fmt: skip
+                        f"residual block or chain layer of this model; the removable ones: "
+                        f"{', '.join(blocks) or 'none'}")  # fmt: skip
     return [blocks[n] for n in names]
 
 
@@ -155,12 +168,15 @@ def _masked_copy(graph: ChannelGraph, kept: Mapping[int, Sequence[int]],
     gm = copy.deepcopy(graph.gm)
     by_name = {n.name: n for n in gm.graph.nodes}
     for block in removed:  # the branch times 0: the add passes its skip through
+        if block.kind == "layer":  # the layer's readers read its input instead
+            by_name[block.node].replace_all_uses_with(by_name[block.source])
+            continue
         add = by_name[block.node]
         branch = add.args[1 - block.skip]
         with gm.graph.inserting_before(add):
             zero = gm.graph.call_function(torch.mul, (branch, 0.0))
         add.replace_input_with(branch, zero)
-    kept_atom = keep_of(graph.atom_class, kept)
+    kept_atom = keep_of(layer_classes(graph, removed), kept)
     nodes = list(gm.graph.nodes)
     for i, node in enumerate(nodes):
         info = graph.infos.get(node.name)
@@ -233,8 +249,7 @@ class ChannelPlan:
         clean = _check_kept(graph.groups, kept)
         removed = tuple(removed_blocks)
         pruned = copy.deepcopy(dense)
-        _slice_model(pruned, graph, clean)
-        remove_blocks(pruned, _blocks_of(dense, graph, removed))
+        _slice_model(pruned, graph, clean, _blocks_of(dense, graph, removed))
         return cls(
             kept=clean,
             input_shape=input_shape,
@@ -273,8 +288,7 @@ class ChannelPlan:
         """
         graph = self._graph(dense, graph)
         pruned = copy.deepcopy(dense)
-        _slice_model(pruned, graph, self.kept)
-        remove_blocks(pruned, _blocks_of(dense, graph, self.removed_blocks))
+        _slice_model(pruned, graph, self.kept, _blocks_of(dense, graph, self.removed_blocks))
         return pruned
 
     def mask(self, dense: nn.Module, graph: ChannelGraph | None = None) -> nn.Module:

@@ -167,17 +167,34 @@ class GatedModel(nn.Module):
         offset, start = {}, 1
         for gid, size in zip(gates.group_ids, gates.sizes, strict=True):
             offset[gid], start = start, start + size
+        blocks = blocks or []
+        # A searched chain layer's output group is masked where the layer's output is mixed with its
+        # input (below), not again where it is read.
+        mixed = {graph.atom_class[graph.infos[b.node].atoms[0]][0] for b in blocks if b.kind == "layer"}
         self._handles = []
         self.readers: list[str] = []
         for site in reading_sites(model, graph, gates.group_ids):
-            index = [offset[gc[0]] + gc[1] if gc is not None else 0 for gc in site.channels]
+            index = [offset[gc[0]] + gc[1] if gc is not None and gc[0] not in mixed else 0 for gc in site.channels]
             name = f"_index_{len(self.readers)}"
             self.register_buffer(name, torch.tensor(index, device=gates.temperature.device), persistent=False)
             module = model.get_submodule(site.path)
             self._handles.append(module.register_forward_pre_hook(self._masker(name, site.dim)))
             self.readers.append(site.path)
-        for k, block in enumerate(blocks or []):  # the branch's output times its block's mask
-            self._handles.append(model.get_submodule(block.output).register_forward_hook(self._block_scaler(k)))
+        self._inputs: dict[int, torch.Tensor] = {}  # each chain layer's (masked) input during a forward pass
+        for k, block in enumerate(blocks):
+            if block.kind == "layer":  # g * output * its masks + (1 - g) * the input, masked as read
+                index = []
+                for atom in graph.infos[block.node].atoms:
+                    gid, c = graph.atom_class[atom]
+                    index.append(offset[gid] + c if gid in offset else 0)
+                name = f"_layer_index_{k}"
+                self.register_buffer(name, torch.tensor(index, device=gates.temperature.device), persistent=False)
+                first = model.get_submodule(block.modules[0])
+                self._handles.append(first.register_forward_pre_hook(self._input_keeper(k)))
+                mixer = self._layer_mixer(k, name, graph.infos[block.node].cdim)
+                self._handles.append(model.get_submodule(block.output).register_forward_hook(mixer))
+            else:  # the branch's output times its block's mask
+                self._handles.append(model.get_submodule(block.output).register_forward_hook(self._block_scaler(k)))
 
     def _block_scaler(self, k: int):
         def scale_output(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
@@ -186,6 +203,25 @@ class GatedModel(nn.Module):
             return output * self._blocks[k].to(output.dtype)
 
         return scale_output
+
+    def _input_keeper(self, k: int):
+        def keep_input(module: nn.Module, inputs: tuple) -> None:
+            if self._blocks is not None:
+                self._inputs[k] = inputs[0]  # after the layer's own masker (registered first)
+
+        return keep_input
+
+    def _layer_mixer(self, k: int, index_name: str, dim: int):
+        def mix_output(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            if self._blocks is None:
+                return None
+            shape = [1] * output.dim()
+            shape[dim] = -1
+            masks = 1.0 if self._flat is None else self._flat[getattr(self, index_name)].view(shape).to(output.dtype)
+            g = self._blocks[k].to(output.dtype)
+            return g * output * masks + (1 - g) * self._inputs.pop(k)
+
+        return mix_output
 
     def _masker(self, index_name: str, dim: int):
         def mask_input(module: nn.Module, inputs: tuple) -> tuple | None:
@@ -206,6 +242,7 @@ class GatedModel(nn.Module):
             return self.model(*args, **kwargs)
         finally:
             self._flat = self._blocks = None
+            self._inputs.clear()
 
     def remove(self) -> None:
         """Takes the hooks off the model."""

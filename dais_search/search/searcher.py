@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from ..budget import Budget
 from ..channels import ChannelGraph, ChannelPlan, FlopsModel, LatencyModel, trace_channels
 from ..channels.blocks import ResidualBlock, find_blocks
+from ..channels.chain import find_chain_layers
 from ..cost.lut import LatencyCache
 from ..distributed import all_reduce_sum, average_gradients, broadcast_object, broadcast_state, is_main
 from ..errors import DivergedError, UserError
@@ -91,7 +92,7 @@ class Searcher:
             set_channels_last(model)
         self.graph: ChannelGraph = trace_channels(model, example_input, budget.budget.ignore,
                                                   streams=budget.budget.prune_streams)
-        self.blocks = _searched_blocks(model, self.graph, budget) if "block" in spec.granularity else []
+        self.blocks = _searched_blocks(model, self.graph, budget) if set(spec.granularity) - {"channel"} else []
         self.flops_model = FlopsModel(self.graph, model, example_input, self.blocks)
         self.groups = self.flops_model.groups
         if not self.groups:
@@ -489,16 +490,28 @@ def _check_latency_feasible(lm: LatencyModel, lattice: Granularity, target: floa
 
 
 def _searched_blocks(model: nn.Module, graph: ChannelGraph, budget: Budget) -> list[ResidualBlock]:
-    """The residual blocks a ``granularity = ["block", ...]`` search gates: removable ones whose
-    branch ends in a module (its output is scaled by the block's mask)."""
+    """What a ``granularity = ["block" and/or "layer", "channel"]`` search gates: removable residual
+    blocks whose branch ends in a module (its output is scaled by the block's mask), then removable
+    layers of plain chains (:mod:`~dais_search.channels.chain`) outside those blocks."""
+    wanted = [g for g in budget.search.granularity if g != "channel"]
     if budget.budget.latency not in ("", None):
-        raise UserError('search.granularity = ["block", "channel"] takes a FLOPs budget; a latency budget '
-                        'searches channels only: give budget.flops, or granularity = ["channel"]')
-    blocks = [b for b in find_blocks(model, graph.gm, graph.infos) if b.output]
-    if not blocks:
+        raise UserError(f"search.granularity = {list(budget.search.granularity)} takes a FLOPs budget; a latency "
+                        'budget searches channels only: give budget.flops, or granularity = ["channel"]')  # fmt: skip
+    blocks = [b for b in find_blocks(model, graph.gm, graph.infos) if b.output] if "block" in wanted else []
+    if "block" in wanted and not blocks:
         raise UserError(f'search.granularity has "block", but {type(model).__name__} has no residual block that '
                         'can be removed whole (an addition of a block\'s input and a branch computed from it alone, '
                         'inside a submodule); search with granularity = ["channel"]')
-    log.info("search: %d residual blocks searched with the channels: %s", len(blocks),
-             ", ".join(b.name for b in blocks))  # fmt: skip
-    return blocks
+    layers = []
+    if "layer" in wanted:
+        taken = {b.owner for b in blocks} | {m for b in blocks for m in b.modules}
+        layers = [x for x in find_chain_layers(model, graph) if x.owner not in taken and not set(x.modules) & taken]
+        if not layers:
+            raise UserError(f'search.granularity has "layer", but {type(model).__name__} has no layer that can be '
+                            "removed (a conv or linear layer, with its BN and activation, whose output is shaped like "
+                            "its input and is called from a submodule such as nn.Sequential); search without "
+                            '"layer"')  # fmt: skip
+    for kind, found in (("residual blocks", blocks), ("chain layers", layers)):
+        if found:
+            log.info("search: %d %s searched with the channels: %s", len(found), kind, ", ".join(b.name for b in found))
+    return blocks + layers
