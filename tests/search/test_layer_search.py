@@ -4,6 +4,7 @@ search meets its budget with them."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import pytest
@@ -107,3 +108,18 @@ def test_layer_granularity_errors_name_the_problem():
         spec = parse_budget({"version": 1, "model": {"name": "vgg11"}, "budget": {"latency": "50%"},
                              "search": {"granularity": ["layer", "channel"]}})  # fmt: skip
         Searcher(create_model("vgg11"), spec, torch.zeros(SHAPE), 4)
+
+
+def test_a_layer_whose_channels_the_search_drives_to_the_minimum_is_removed():
+    searcher = _searcher()
+    layer = searcher.blocks[1]  # features.18
+    own = next(i for i, g in enumerate(searcher.groups) if [p.name for p in g.producers] == [layer.name])
+    with torch.no_grad():
+        searcher.gates.beta.fill_(3.0)  # every layer open by its indicator
+        searcher.gates.theta[own] = -8.0  # its group kept at ~0 channels: one, the minimum
+    plan = searcher.binarize()
+    assert plan.removed_blocks == ("features.18",)
+    assert 0.99 * searcher.flops_target <= plan.flops <= searcher.flops_target
+    searcher.budget = dataclasses.replace(searcher.budget,
+                                          search=dataclasses.replace(searcher.budget.search, block_thin=0.0))
+    assert searcher.binarize().removed_blocks == ()  # the rule off: the one-channel layer stays
