@@ -125,3 +125,32 @@ def test_run_command_chains_the_stages_and_resumes(tmp_path, capsys):
     assert main(["run", str(budget), "--out", str(fresh), "--set", "finetune.kd_layers=layer9", "--no-progress",
                  "--random-teacher"]) == 2
     assert "[finetune] kd_layers: layer9 not in" in capsys.readouterr().err and not fresh.exists()
+
+
+def test_a_plan_with_removed_layers_is_fine_tuned_folded_and_exported(tmp_path, capsys):
+    torch.manual_seed(0)
+    dense = create_model("vgg11")
+    save_checkpoint(tmp_path / "dense.pt", dense, "vgg11", 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        channels = random_plan(dense.eval(), (1, 3, 32, 32), keep=0.25, seed=0)
+        plan = ChannelPlan.create(dense, channels.kept, (1, 3, 32, 32), removed_blocks=["features.11", "features.22"],
+                                  meta={"model": "vgg11", "num_classes": 10})  # fmt: skip
+    plan.save(tmp_path / "plan.json")
+    out = tmp_path / "bundle"
+    argv = ["finetune", "--plan", str(tmp_path / "plan.json"), "--checkpoint", str(tmp_path / "dense.pt"),
+            "--data", "shapes:64", "--batch-size", "16", "--epochs", "1", "--max-steps", "2",
+            "--overparam", "2", "--kd", "sp+logit", "--out", str(out), "--no-progress"]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(argv) == 0
+    capsys.readouterr()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["flops"] == plan.flops and metrics["fold_max_rel_error"] <= 1e-4
+    ckpt = load_checkpoint(out / "model.pt")
+    rebuilt = ChannelPlan.from_dict(ckpt["plan"]).apply(create_model("vgg11"))
+    rebuilt.load_state_dict(ckpt["state_dict"])
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in rebuilt.modules()) == 8 - 2
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(out / "model.ts")(x), rebuilt.eval()(x), rtol=1e-4, atol=1e-5)
