@@ -56,7 +56,9 @@ from torch import nn
 from torchvision.ops import StochasticDepth
 
 from dais_search import models
-from dais_search.channels import check_plan, handler_for, random_plan, randomize_norms, trace_channels
+from dais_search.channels import ChannelPlan, check_plan, handler_for, random_plan, randomize_norms, trace_channels
+from dais_search.channels.blocks import find_blocks
+from dais_search.channels.chain import find_chain_layers
 from dais_search.cost import count_flops
 from dais_search.report import format_table
 from dais_search.search import ChannelGates, attach_gates
@@ -274,6 +276,34 @@ def graph_of(model, plan):
     return trace_channels(model, torch.zeros(plan.input_shape), plan.ignore, warn=False)
 
 
+def removable_units(model, graph) -> list:
+    """The model's removable residual blocks, then its removable chain layers outside them (what a
+    ``granularity = ["block", "layer", "channel"]`` search gates)."""
+    blocks = find_blocks(model, graph.gm, graph.infos)
+    taken = {b.owner for b in blocks} | {m for b in blocks for m in b.modules}
+    return blocks + [x for x in find_chain_layers(model, graph) if x.owner not in taken and not set(x.modules) & taken]
+
+
+def depth_check(model, graph, plan, shape, x: torch.Tensor, row: dict) -> None:
+    """Every other removable block and chain layer removed on top of ``plan``'s channels: pruned vs
+    masked in eval mode (float64 again above 1e-4, as the channel check), and the counted FLOPs."""
+    units = removable_units(model, graph)
+    row.update(blocks=sum(u.kind == "residual" for u in units), layers=sum(u.kind == "layer" for u in units))
+    if not units:
+        return
+    deeper = ChannelPlan.create(model, plan.kept, shape, plan.ignore, graph=graph,
+                                removed_blocks=[u.name for u in units[::2]])  # fmt: skip
+    check = check_plan(model, deeper, x)
+    error = check.max_rel_error
+    if error > 1e-4 and check.output_shape == check.expected_shape:
+        row["depth_max_rel_error_float32"] = error
+        error = eval_mode_check(model, deeper, x, torch.float64)
+    row["depth_max_rel_error"] = error
+    if check.output_shape != check.expected_shape or error > 1e-4 or check.flops != deeper.flops:
+        row.update(status="wrong", note=f"with {len(units[::2])} blocks/layers removed: error {error:.2g}, "
+                                        f"FLOPs {check.flops} vs the plan's {deeper.flops}")  # fmt: skip
+
+
 def sweep_one(name: str, source: str = "torchvision") -> dict:
     row: dict = {"model": name}
     start = time.perf_counter()
@@ -318,6 +348,7 @@ def sweep_one(name: str, source: str = "torchvision") -> dict:
         )
         if check.flops != plan.flops:
             row.update(status="wrong", note=f"plan says {plan.flops} FLOPs, pruned model has {check.flops}")
+        depth_check(model, graph, plan, shape, x_eval, row)
     except Exception as exc:  # noqa: BLE001 - the sweep records every failure and goes on
         row.update(status="exception", error=f"{type(exc).__name__}: {exc}"[:500], trace=traceback.format_exc()[-2000:])
     finally:
@@ -432,6 +463,11 @@ def report(rows: list[dict], json_path: str | None, source: str = "torchvision")
         family = timm_families()
         table = [[row[0], family.get(row[0], "?"), *row[1:]] for row in table]
         headers.insert(1, "family")
+    if any("blocks" in r for r in rows):  # the depth check (sweeps run since it exists)
+        for line, r in zip(table, rows, strict=True):
+            line[-1:-1] = [f"{r['blocks']} / {r['layers']}" if "blocks" in r else "",
+                           f"{r['depth_max_rel_error']:.1e}" if "depth_max_rel_error" in r else ""]  # fmt: skip
+        headers[-1:-1] = ["removable blocks / layers", "rel err, every other removed"]
     print(format_table(table, headers))
     if json_path:
         write_json(rows, json_path, source)
