@@ -68,7 +68,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # timm models are built with rando
 
 # Models whose positional embeddings or window sizes fix the input resolution.
 FIXED_SIZE = ("vit_", "swin_", "maxvit_")
-SMALL = 64  # small inputs keep 80 torchvision (and 190 timm) models affordable on a CPU
+SMALL = 64  # small inputs keep 80 torchvision (and 184 timm) models affordable on a CPU
 TORCH_DAG = (585, 945)  # torch-dag's count of channel-prunable timm models (61.9%)
 
 # The default timm models: choose_timm_models() on timm 1.0.31 (printed by `--list-timm`), the two
