@@ -5,10 +5,14 @@ in two fairness rows, one JSON per method x budget x seed, then a Markdown table
     python benchmarks/suite.py --suite standard               # ResNet-56, keep 50% and 30%, seed 0
     python benchmarks/suite.py --suite standard --budgets keep30 --seeds 0,1,2 --methods ours,fpgm-uniform
     python benchmarks/suite.py --suite quick --render         # the table and PNG from the JSONs alone
+    python benchmarks/suite.py --suite depth-resnet56         # block + channel vs channel only, keep 30%
+    python benchmarks/suite.py --suite depth-vgg19            # layer + channel vs channel only (train VGG-19 first)
 
 Methods:
   ours                  the search (budget file), LOP + SP-KD fine-tune (the budget's [finetune]), fold
   ours-frozen           the same with search.train_weights = false (the teacher's weights stay; gates only)
+  ours[-frozen]-blocks  multi-grain: the same search with granularity = ["block", "channel"] (residual blocks)
+  ours[-frozen]-layers  multi-grain: granularity = ["layer", "channel"] (layers of plain chains, VGG)
   ours-vanilla-ft       ablation: the searched widths, plain fine-tune (no over-parameterisation, no KD)
   uniform-ours-ft       ablation: l1-uniform widths, our LOP + SP-KD fine-tune
   <criterion>-uniform   one keep fraction, channels by the criterion (l1 l2 fpgm bn taylor apoz entropy random)
@@ -57,7 +61,8 @@ from dais_search.report import format_table, library_versions  # noqa: E402
 from dais_search.search import list_methods  # noqa: E402
 from dais_search.train import recalibrate_bn, time_train_steps  # noqa: E402
 
-SEARCHES = ("ours", "ours-frozen")
+DEEPER = {f"ours{f}-{g}s": g for f in ("", "-frozen") for g in ("block", "layer")}  # method -> the grain added
+SEARCHES = ("ours", "ours-frozen", *DEEPER)
 ABLATIONS = ("ours-vanilla-ft", "uniform-ours-ft")
 PEERS = ("tp-uniform", "tp-global", "modelopt-fastnas")
 PEER_PACKAGES = {"tp-uniform": "torch_pruning", "tp-global": "torch_pruning", "modelopt-fastnas": "modelopt"}
@@ -83,8 +88,13 @@ SUITES = {
                    methods=(*SEARCHES, *ABLATIONS, *UNIFORM, "l1-global", "eagleeye", *PEERS)),
     "standard": Suite("standard", {"keep50": "budgets/resnet56_cifar10_keep50.toml",
                                    "keep30": "budgets/resnet56_cifar10_keep30.toml"}, 5,
-                      methods=(*SEARCHES, *ABLATIONS, "l1-uniform", "fpgm-uniform", "l1-global", "eagleeye",
-                               *PEERS)),
+                      methods=("ours", "ours-frozen", *ABLATIONS, "l1-uniform", "fpgm-uniform", "l1-global",
+                               "eagleeye", *PEERS)),
+    # Issue 14's benchmark: depth and width searched together vs width alone, at equal FLOPs and fine-tune.
+    "depth-resnet56": Suite("depth-resnet56", {"keep30": "budgets/resnet56_cifar10_keep30.toml"}, 5,
+                            methods=("ours", "ours-blocks", "ours-frozen", "ours-frozen-blocks")),
+    "depth-vgg19": Suite("depth-vgg19", {"keep10": "budgets/vgg19_cifar10_keep10.toml"}, 5,
+                         methods=("ours", "ours-layers", "ours-frozen", "ours-frozen-layers")),
 }  # fmt: skip
 
 
@@ -119,7 +129,9 @@ class Runner:
         if not (folder / "metrics.json").is_file():
             if folder.name in SEARCHES:
                 resume = ["--resume"] if (folder / "state.pt").is_file() else []
-                frozen = ["--set", "search.train_weights=false"] if folder.name == "ours-frozen" else []
+                frozen = ["--set", "search.train_weights=false"] if "-frozen" in folder.name else []
+                if folder.name in DEEPER:
+                    frozen += ["--set", f'search.granularity=["{DEEPER[folder.name]}", "channel"]']
                 _cli(["search", budget, "--out", str(folder), "--no-progress", *sets, *frozen, *resume])
             elif folder.name in PEERS:
                 self._peer(label, seed, folder)
@@ -230,7 +242,7 @@ class Runner:
             "dense_test_top1": found["dense_test_top1"],
             "target_flops_ratio": found["target_flops"] / plan.dense_flops, "flops": plan.flops,
             "flops_ratio": plan.flops_ratio, "flops_over_target": plan.flops / found["target_flops"],
-            "params": plan.params, "dense_params": plan.dense_params,
+            "params": plan.params, "dense_params": plan.dense_params, "removed_blocks": list(plan.removed_blocks),
             "test_top1_before_finetune": found["pruned_test_top1"], "rows": results,
             "search_seconds": seconds, "dense_epoch_seconds": found["dense_epoch_seconds"],
             "search_cost_ratio": seconds / max(found["dense_epoch_seconds"], 1e-9),
@@ -267,6 +279,7 @@ def render(records: list[dict], out_md: Path, out_png: Path | None) -> str:
         order = sorted(by_method, key=lambda m: -statistics.mean(x["rows"]["equal_total"]["test_top1"]
                                                                   for x in by_method[m]))  # fmt: skip
         first = next(iter(by_method.values()))[0]
+        depth = any(m in DEEPER for m in by_method)  # a column of the blocks / layers each plan removed
         for m in order:
             rs = by_method[m]
             lat = rs[0]["latency_ms"]
@@ -280,12 +293,16 @@ def render(records: list[dict], out_md: Path, out_png: Path | None) -> str:
                          _mean_std([x["rows"]["equal_total"]["test_top1"] for x in rs]),
                          f"{rs[0]['rows']['equal_total']['total_weight_epochs']}",
                          f"{lat[big]['pruned'] / lat[big]['dense']:.2f}"])  # fmt: skip
+            if depth:
+                rows[-1].insert(5, ", ".join(rs[0].get("removed_blocks", [])) or "none")
         text.append(f"### {first['teacher']} keep {first['target_flops_ratio']:.0%} ({label}), dense "
                     f"{first['dense_test_top1']:.2f}%")  # fmt: skip
-        text.append(format_table(rows, ["method", "fine-tune", "FLOPs ratio", "FLOPs / target (min)", "params",
-                                        "search cost (x dense epoch)", "top-1 % before ft",
-                                        "top-1 % equal fine-tune", "top-1 % equal total epochs", "total epochs",
-                                        f"CPU latency pruned/dense (batch {big})"]))  # fmt: skip
+        headers = ["method", "fine-tune", "FLOPs ratio", "FLOPs / target (min)", "params",
+                   "search cost (x dense epoch)", "top-1 % before ft", "top-1 % equal fine-tune",
+                   "top-1 % equal total epochs", "total epochs", f"CPU latency pruned/dense (batch {big})"]
+        if depth:
+            headers.insert(5, "removed blocks / layers (first seed)")
+        text.append(format_table(rows, headers))
     md = "\n\n".join(text) + "\n"
     out_md.write_text(md)
     if out_png is not None:

@@ -4,6 +4,7 @@ table and the PNG are rendered from the JSONs."""
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -84,3 +85,20 @@ def test_suite_refuses_unknown_methods_and_budgets(tmp_path, toy_suite):
     with pytest.raises(SystemExit, match="unknown budget 'keep10'"):
         _run(tmp_path, toy_suite, "--budgets", "keep10")
     assert not (tmp_path / "work").exists()
+
+
+def test_the_depth_methods_search_blocks_or_layers_and_list_what_they_removed(tmp_path, toy_suite):
+    methods = ("ours-frozen", "ours-frozen-blocks", "ours-frozen-layers")
+    suite = harness.Suite("toy", toy_suite.budgets, 1, methods=methods, finetune_args=("--max-steps", "2"),
+                          latency_repeats=2, search_sets=("budget.flops=0.3",))  # fmt: skip
+    records = {r["method"]: r for r in _run(tmp_path, suite)}
+    for r in records.values():
+        assert 0.99 <= r["flops_over_target"] <= 1.0 and isinstance(r["removed_blocks"], list)
+    searched = {m: json.loads((tmp_path / "work" / "keep50" / "seed0" / "plans" / m / "metrics.json").read_text())
+                for m in methods}  # fmt: skip
+    assert "searched_blocks" not in searched["ours-frozen"]  # channels only
+    # ResNet-8: one identity block (layer1.0; the other two have option-A shortcuts), and one layer
+    # whose output is shaped like its input outside a block's searched set (layer1.0.conv1 + bn1).
+    assert searched["ours-frozen-blocks"]["searched_blocks"] == searched["ours-frozen-layers"]["searched_blocks"] == 1
+    table = (tmp_path / "results" / "table.md").read_text()
+    assert "removed blocks / layers" in table and all(f"| {m} " in table for m in methods)
