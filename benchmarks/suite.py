@@ -243,6 +243,7 @@ class Runner:
             "target_flops_ratio": found["target_flops"] / plan.dense_flops, "flops": plan.flops,
             "flops_ratio": plan.flops_ratio, "flops_over_target": plan.flops / found["target_flops"],
             "params": plan.params, "dense_params": plan.dense_params, "removed_blocks": list(plan.removed_blocks),
+            "search_sets": list(self.suite.search_sets),
             "test_top1_before_finetune": found["pruned_test_top1"], "rows": results,
             "search_seconds": seconds, "dense_epoch_seconds": found["dense_epoch_seconds"],
             "search_cost_ratio": seconds / max(found["dense_epoch_seconds"], 1e-9),
@@ -285,6 +286,7 @@ def render(records: list[dict], out_md: Path, out_png: Path | None) -> str:
             lat = rs[0]["latency_ms"]
             big = max(lat, key=int)
             name = m + (f" ({rs[0]['note']})" if rs[0].get("note") else "")
+            name += "".join(f" [{x}]" for x in rs[0].get("search_sets", []))  # --set overrides of the plan stage
             rows.append([name, rs[0]["finetune"], f"{statistics.mean(x['flops_ratio'] for x in rs):.4f}",
                          f"{min(x['flops_over_target'] for x in rs):.4f}", f"{rs[0]['params']:,}",
                          f"{statistics.mean(x['search_cost_ratio'] for x in rs):.2f}",
