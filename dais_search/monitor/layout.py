@@ -35,7 +35,7 @@ def _exact(tag: str) -> str:
 
 def custom_scalars_layout(names: list[str], cost_name: str = "flops", blocks: list[str] = ()) -> dict:
     """The CUSTOM SCALARS dashboard of a search: the budget terms and losses, then one chart per
-    stage holding every group's soft keep ratio (and one of the residual blocks' indicators)."""
+    stage holding every group's soft keep ratio (and one of the searched blocks' and layers' indicators)."""
     search = {
         f"soft {COST_LABELS.get(cost_name, cost_name)} / target": ["Multiline", [_exact(f"search/{cost_name}_ratio")]],
         "losses (train: weight steps, held-out: gate steps)": [
@@ -48,5 +48,5 @@ def custom_scalars_layout(names: list[str], cost_name: str = "flops", blocks: li
     keep = {stage: ["Multiline", [_exact(f"keep/{n}") for n in members]] for stage, members in stages(names).items()}
     layout = {"search": search, "keep ratio per stage": keep}
     if blocks:
-        layout["residual blocks"] = {"block indicators": ["Multiline", [_exact(f"block/{b}") for b in blocks]]}
+        layout["blocks and layers"] = {"indicators": ["Multiline", [_exact(f"block/{b}") for b in blocks]]}
     return layout

@@ -4,7 +4,7 @@ Every ``monitor.every`` weight steps (default: about 200 points per search), und
 the temperature, the progress (0 to 1), the soft FLOPs (or latency) over the target, the
 multiplier(s), the binarisation gap, the train loss (mean of the weight steps since the last
 point) and the held-out loss (mean of the gate steps since then); under ``keep/`` every group's
-soft keep ratio, under ``block/`` every searched residual block's indicator.
+soft keep ratio, under ``block/`` every searched residual block's (or chain layer's) indicator.
 
 ``monitor.snapshots`` times per search (and once at the end): a histogram of every group's masks
 (``mask/``), the indicator heatmap figure (``search/indicators``) and a row of
