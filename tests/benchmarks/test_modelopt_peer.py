@@ -20,10 +20,11 @@ pytest.importorskip("modelopt")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "peers"))
 import modelopt_peer  # noqa: E402
+from common import peer_graph  # noqa: E402
 from modelopt_peer import fastnas_plan, main, prune_with_fastnas  # noqa: E402
 from tp_peer import output_difference  # noqa: E402
 
-from dais_search.channels import ChannelPlan, FlopsModel, fingerprint, trace_channels  # noqa: E402
+from dais_search.channels import ChannelPlan, FlopsModel, fingerprint  # noqa: E402
 from dais_search.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
 from dais_search.cost import count_flops  # noqa: E402
 from dais_search.errors import UserError  # noqa: E402
@@ -79,7 +80,7 @@ def dense_flops(dense):
 
 @pytest.fixture(scope="module")
 def graph(dense):
-    return trace_channels(dense, torch.zeros(SHAPE), warn=False)
+    return peer_graph(dense, torch.zeros(SHAPE), ())  # the groups the peers may cut: the streams stay whole
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ pytest.importorskip("torch_pruning")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "peers"))
 import tp_peer  # noqa: E402
-from common import output_difference, parse_flops  # noqa: E402
+from common import output_difference, parse_flops, peer_graph  # noqa: E402
 from tp_peer import main, prune_with_torch_pruning, torch_pruning_plan  # noqa: E402
 
-from dais_search.channels import ChannelPlan, fingerprint, trace_channels  # noqa: E402
+from dais_search.channels import ChannelPlan, fingerprint  # noqa: E402
 from dais_search.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
 from dais_search.cost import count_flops  # noqa: E402
 from dais_search.errors import UserError  # noqa: E402
@@ -56,7 +56,7 @@ def dense_flops(dense):
 
 @pytest.fixture(scope="module")
 def graph(dense):
-    return trace_channels(dense, torch.zeros(SHAPE), warn=False)
+    return peer_graph(dense, torch.zeros(SHAPE), ())  # the groups the peers may cut: the streams stay whole
 
 
 @pytest.fixture(scope="module")
