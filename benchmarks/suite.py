@@ -342,7 +342,11 @@ def _plot(records: list[dict], path: Path) -> None:
                 for y, (mean, _) in enumerate(zip(means, stds, strict=True)):
                     ax.annotate(f"{mean:.2f}", (mean, y), textcoords="offset points", xytext=(6, -3), fontsize=8)
         ax.set_yticks(range(len(order)))
-        ax.set_yticklabels(order)
+        ax.set_yticklabels([m + "".join(f" [{x}]" for x in by_method[m][0].get("search_sets", [])) for m in order])
+        lo, hi = ax.get_xlim()
+        if hi - lo < 2.0:  # at least 2 points wide: a gap of a few tenths must not fill the chart
+            mid = (lo + hi) / 2
+            ax.set_xlim(mid - 1.0, mid + 1.0)
         ax.set_xlabel("CIFAR-10 test top-1 (%)")
         first = records[0]
         ax.set_title(f"{teacher} at {first['target_flops_ratio']:.0%} of its FLOPs ({budgets[0]}): "
