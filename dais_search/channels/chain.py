@@ -83,6 +83,7 @@ def find_chain_layers(model: nn.Module, graph: ChannelGraph) -> list[ResidualBlo
             calls[str(node.target)] = calls.get(str(node.target), 0) + 1
     producers = {g.id: [p.name for p in g.producers] for g in graph.groups}
     groups = {g.id: g for g in graph.groups}
+    owner_calls: dict[str, set[str] | None] = {}
     found = []
     for conv in graph.gm.graph.nodes:
         if conv.op != "call_module" or not isinstance(model.get_submodule(str(conv.target)), _LAYERS):
@@ -103,11 +104,22 @@ def find_chain_layers(model: nn.Module, graph: ChannelGraph) -> list[ResidualBlo
         if producers[out_group] != [paths[0]] or any(calls[p] != 1 for p in paths):
             continue
         owner = paths[0].rpartition(".")[0]
-        if not owner or any(p.rpartition(".")[0] != owner for p in paths) or owner_problem(model, owner):
+        if not owner or any(p.rpartition(".")[0] != owner for p in paths):
             continue
+        if owner not in owner_calls:  # each owner traced once, however many layers it holds
+            owner_calls[owner] = None if owner_problem(model, owner) else _module_calls(model, owner)
+        prefix = len(owner) + 1
+        if owner_calls[owner] is None or not {paths[0][prefix:], paths[-1][prefix:]} <= owner_calls[owner]:
+            continue  # the rewrite needs the owner's own trace to call the segment's first and last modules
         found.append(ResidualBlock(paths[0], owner, "", 0, -1, nodes[-1].name, tuple(paths), paths[-1], "layer",
                                    source.name))  # fmt: skip
-    return [layer for layer in found if _rewritable(model, layer)]
+    return found
+
+
+def _module_calls(model: nn.Module, owner: str) -> set[str]:
+    """The module targets the owner's own trace calls (relative to the owner)."""
+    gm, _ = symbolic_trace(model.get_submodule(owner))
+    return {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
 
 
 def _same_constraints(out_group, in_group) -> bool:
@@ -117,14 +129,6 @@ def _same_constraints(out_group, in_group) -> bool:
     input's channels after the removal, which the input's group, traced with the layer, does not know."""
     free = lambda g: g.prunable and not g.blocks and g.round_to == 1  # noqa: E731
     return free(out_group) and (in_group is None or free(in_group))
-
-
-def _rewritable(model: nn.Module, layer: ResidualBlock) -> bool:
-    """Whether the owner's own trace calls the segment's first and last modules (the rewrite needs both)."""
-    gm, _ = symbolic_trace(model.get_submodule(layer.owner))
-    targets = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
-    prefix = len(layer.owner) + 1
-    return {layer.modules[0][prefix:], layer.output[prefix:]} <= targets
 
 
 def layer_classes(graph: ChannelGraph, layers: Sequence[ResidualBlock]) -> dict[int, tuple[int, int]]:
