@@ -85,7 +85,7 @@ class Suite:
 UNIFORM = tuple(f"{c}-uniform" for c in ("l1", "l2", "fpgm", "bn", "taylor", "apoz", "entropy", "random"))
 SUITES = {
     "quick": Suite("quick", {"keep50": "budgets/resnet20_cifar10_keep50.toml"}, 3,
-                   methods=(*SEARCHES, *ABLATIONS, *UNIFORM, "l1-global", "eagleeye", *PEERS)),
+                   methods=("ours", "ours-frozen", *ABLATIONS, *UNIFORM, "l1-global", "eagleeye", *PEERS)),
     "standard": Suite("standard", {"keep50": "budgets/resnet56_cifar10_keep50.toml",
                                    "keep30": "budgets/resnet56_cifar10_keep30.toml"}, 5,
                       methods=("ours", "ours-frozen", *ABLATIONS, "l1-uniform", "fpgm-uniform", "l1-global",
