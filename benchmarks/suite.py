@@ -1,7 +1,7 @@
 """The benchmark suite (../shared/BENCH.md): every method under one budget, fine-tuned by one schedule,
 in two fairness rows, one JSON per method x budget x seed, then a Markdown table and a PNG.
 
-    python benchmarks/suite.py --suite quick                  # ResNet-20, keep 50%, every method, seed 0
+    python benchmarks/suite.py --suite quick                  # ResNet-20, keep 50%, every width method, seed 0
     python benchmarks/suite.py --suite standard               # ResNet-56, keep 50% and 30%, seed 0
     python benchmarks/suite.py --suite standard --budgets keep30 --seeds 0,1,2 --methods ours,fpgm-uniform
     python benchmarks/suite.py --suite quick --render         # the table and PNG from the JSONs alone
