@@ -22,6 +22,7 @@ import torch
 from dais_search import create_model
 from dais_search.channels import ChannelPlan
 from dais_search.cost import interleaved_latency, median_ratio
+from dais_search.files import write_json
 from dais_search.report import format_table
 
 
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="repeat the whole measurement in this many fresh processes, one after another: CPU timings "
                         "differ more between processes than within one; reports every process (default: 1)")
     p.add_argument("--checkpoint", help="dense weights (default: random init; latency does not depend on them)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="time every model and the input in the channels-last memory format")  # fmt: skip
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     if args.processes > 1:
@@ -55,11 +58,14 @@ def main(argv: list[str] | None = None) -> dict:
         if not path:
             p.error(f"{item!r}: write LABEL=PLAN, e.g. inner=runs/search/plan.json")
         plans[label] = ChannelPlan.load(path)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     models = {"dense": dense} | {k: plan.apply(dense).eval() for k, plan in plans.items()}
+    models = {k: m.to(memory_format=fmt) for k, m in models.items()}
     shape = next(iter(plans.values())).input_shape[1:]
     result = {
         "benchmark": "latency_plans", "model": args.model, "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "command": "python benchmarks/latency_plans.py " + shlex.join(sys.argv[1:]),
+        "torch": torch.__version__, "channels_last": args.channels_last,
+        "command": "python benchmarks/latency_plans.py " + shlex.join(sys.argv[1:]),
         "plans": {k: {"path": item.partition("=")[2], "flops": plan.flops, "flops_ratio": round(plan.flops_ratio, 4),
                       "params": plan.params, "widths": {str(g): len(v) for g, v in sorted(plan.kept.items())}}
                   for (k, plan), item in zip(plans.items(), args.plans, strict=True)},
@@ -69,7 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
     for batch in args.batch:
         runs = []
         for _ in range(args.runs):
-            times = interleaved_latency(models, torch.randn(batch, *shape), args.repeats, args.warmup)
+            x = torch.randn(batch, *shape).contiguous(memory_format=fmt)
+            times = interleaved_latency(models, x, args.repeats, args.warmup)
             runs.append({k: {"ms": 1e3 * statistics.median(v), "ratio": median_ratio(times, k, "dense")}
                          for k, v in times.items()})  # fmt: skip
         entry = {}
@@ -88,9 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(format_table(rows, ["batch", "model", "FLOPs / dense", "CPU ms (median)",
                               f"latency / dense, median (min-max) of {args.runs} runs"]))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-            f.write("\n")
+        write_json(args.json, result)
     return result
 
 
@@ -124,9 +129,7 @@ def _in_processes(args: argparse.Namespace, argv: list[str]) -> dict:
     print(format_table(rows, ["batch", "model", f"latency / dense, median (min-max) of {args.processes} processes",
                               "per process"]))  # fmt: skip
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(merged, f, indent=1)
-            f.write("\n")
+        write_json(args.json, merged)
     return merged
 
 

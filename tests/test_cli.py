@@ -142,3 +142,22 @@ def test_latency_of_a_plan_and_of_a_pruned_checkpoint(capsys, tmp_path):
     assert status == 0 and "pruned / dense" in out and "model: resnet8" in out
     status, out, _ = run(capsys, "latency", "resnet8", "--batch", "2", "--repeats", "2", "--device", "cpu")
     assert status == 0 and "pruned" not in out and "| cpu    |     2 |" in out
+
+
+def test_latency_channels_last_times_that_format(capsys, tmp_path, monkeypatch):
+    import dais_search.cost as cost
+
+    seen = []
+    real = cost.interleaved_latency
+
+    def spy(models, x, repeats, warmup):
+        weight = next(m for m in models["dense"].modules() if isinstance(m, torch.nn.Conv2d)).weight
+        seen.append((x.is_contiguous(memory_format=torch.channels_last), weight.is_contiguous(
+            memory_format=torch.channels_last)))  # fmt: skip
+        return real(models, x, repeats, warmup)
+
+    monkeypatch.setattr(cost, "interleaved_latency", spy)
+    for flag, expected in (([], (False, False)), (["--channels-last"], (True, True))):
+        status, out, _ = run(capsys, "latency", "resnet8", "--batch", "2", "--repeats", "1", "--warmup", "0",
+                             "--device", "cpu", *flag)  # fmt: skip
+        assert status == 0 and seen.pop() == expected and ("channels-last" in out) == bool(flag)
