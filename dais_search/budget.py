@@ -72,7 +72,9 @@ class BudgetSpec:
     min_keep: int = 1
     prune_streams: bool = True  # false: residual streams (groups several layers produce) are not pruned
     round_to: int = 1  # every kept width a multiple of this (or the group's full width): 8 for tensor cores / SIMD
-    latency: str | float = ""  # "50%" (of the dense model's measured latency), a fraction, or "12.5ms"; replaces flops
+    # "50%" (of the dense model's measured latency), a fraction, or "12.5ms". Alone (flops = ""): the target.
+    # With flops: a ceiling the FLOPs-budgeted plan must also keep under (what binds picks the widths).
+    latency: str | float = ""
 
 
 @dataclass(frozen=True)
@@ -146,13 +148,25 @@ class Budget:
     monitor: MonitorSpec = field(default_factory=MonitorSpec)
     source: str = ""
 
-    def flops_target(self, dense_flops: int) -> float:
-        """The FLOPs the pruned model may have, from ``budget.flops`` ("50%" or an absolute count)."""
+    @property
+    def latency_role(self) -> str:
+        """What ``budget.latency`` is: ``""`` (none: a FLOPs budget), ``"target"`` (alone: the plan's
+        measured latency lands on it) or ``"ceiling"`` (beside ``budget.flops``: the FLOPs target
+        holds where the latency allows, and the latency never goes over)."""
+        if self.budget.latency in ("", None):
+            return ""
+        return "target" if self.budget.flops in ("", None) else "ceiling"
+
+    def flops_target(self, dense_flops: int) -> float | None:
+        """The FLOPs the pruned model may have, from ``budget.flops`` ("50%" or an absolute count);
+        ``None`` when the budget is in latency alone."""
+        if self.budget.flops in ("", None):
+            return None
         return _target(self.budget.flops, dense_flops, "budget.flops")
 
     def latency_target(self, dense_seconds: float) -> float | None:
         """Seconds per forward pass the pruned model may take, from ``budget.latency``; ``None`` when
-        the budget is in FLOPs."""
+        there is no latency budget."""
         value = self.budget.latency
         if value in ("", None):
             return None
@@ -255,9 +269,8 @@ def parse_budget(raw: dict[str, Any], where: str = "budget") -> Budget:
     model = _section(ModelSpec, raw.get("model", {}), "model", where)
     data = _section(DataSpec, raw.get("data", {}), "data", where)
     budget = _section(BudgetSpec, raw.get("budget", {}), "budget", where)
-    if {"flops", "latency"} <= set(raw.get("budget", {})):
-        raise UserError(f"{where}: give budget.flops or budget.latency, not both (a latency budget replaces the "
-                        "FLOPs one)")  # fmt: skip
+    if budget.latency not in ("", None) and "flops" not in raw.get("budget", {}):
+        budget = dataclasses.replace(budget, flops="")  # latency alone is the target; with flops, a ceiling
     search = _section(SearchSpec, raw.get("search", {}), "search", where)
     finetune = _section(FinetuneSpec, raw.get("finetune", {}), "finetune", where)
     baseline = _section(BaselineSpec, raw.get("baseline", {}), "baseline", where)
@@ -290,7 +303,7 @@ def check_budget(budget: Budget) -> Budget:
                         'the weights in [0, 1) (0: off), "global" or "layer", and epochs >= 0')  # fmt: skip
     spec = dataclasses.replace(
         spec,
-        flops=_check_fraction(spec.flops, "budget.flops", where),
+        flops=_check_fraction(spec.flops, "budget.flops", where) if spec.flops not in ("", None) else "",
         params=_check_fraction(spec.params, "budget.params", where) if spec.params not in ("", None) else "",
     )
     size = spec.input_size
@@ -325,6 +338,9 @@ def check_budget(budget: Budget) -> Budget:
         raise UserError(f"{where}: budget.min_keep must be at least 1")
     if spec.latency not in ("", None):
         spec = dataclasses.replace(spec, latency=_check_latency(spec.latency, where))
+    elif spec.flops == "":
+        raise UserError(f"{where}: the budget has neither budget.flops nor budget.latency; give one, e.g. "
+                        'flops = "50%"')  # fmt: skip
     if spec.round_to < 1:
         raise UserError(f"{where}: budget.round_to = {spec.round_to}; give a positive integer (1: any width, "
                         "8: multiples of 8)")  # fmt: skip

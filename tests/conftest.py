@@ -19,6 +19,23 @@ def _seed():
     yield
 
 
+@pytest.fixture
+def fake_clock(monkeypatch, tmp_path):
+    """A deterministic stand-in for timing, for latency budgets: layer tables from FLOPs; whole
+    networks from FLOPs x 1.3 + a fixed 2 ms (what tables miss)."""
+    from dais_search.channels import latency_model as lm_module
+    from dais_search.cost import count_flops, lut
+
+    monkeypatch.setenv("DAIS_SEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(lut, "_time", lambda module, x, repeats, warmup: 1e-11 * count_flops(module, x))
+
+    def network(models, x, repeats=20, warmup=5):
+        return {k: [1.3e-11 * count_flops(m, x) + 2e-3] * repeats for k, m in models.items()}
+
+    monkeypatch.setattr(lm_module, "interleaved_latency", network)
+    return network
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     """The read-only ../shared folder beside the checkout; tests that need it skip without it."""

@@ -26,6 +26,10 @@ def test_every_budget_file_validates(path):
     text = path.read_text()
     assert text.startswith("#") and "dais-search search" in text and "Expected" in text, "header comment"
     assert budget.model.name
+    if budget.latency_role == "target":  # a latency budget: its ratio is in the name
+        assert budget.flops_target(1000) is None
+        assert budget.latency_target(1.0) == pytest.approx(int(path.stem.rsplit("latency", 1)[-1]) / 100)
+        return
     target = budget.flops_target(1000)
     assert 0 < target <= 1000
     keep = int(path.stem.rsplit("keep", 1)[-1]) if "keep" in path.stem else 50

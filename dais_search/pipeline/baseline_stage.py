@@ -44,10 +44,15 @@ def run_baseline(budget: Budget, budget_path: str, out: str, resume: bool = Fals
     """Builds the plan of baseline ``method`` under the budget's FLOPs target; returns the metrics
     also written to ``OUT/metrics.json``. With ``resume``, a finished baseline is not run again."""
     allocation, criterion = parse_method(method)  # an unknown method fails before any data is read
-    if budget.budget.latency not in ("", None):
+    if budget.latency_role == "target":
         raise UserError(f"{budget.source or 'budget'}: baselines take FLOPs budgets, and this one is in latency "
                         f"(budget.latency = {budget.budget.latency!r}); give budget.flops instead, e.g. the FLOPs of "
                         "the latency-searched plan (dais-search flops --plan OUT/plan.json)")  # fmt: skip
+    if budget.latency_role == "ceiling":
+        raise UserError(f"{budget.source or 'budget'}: baselines take FLOPs budgets and do not measure latency; this "
+                        f"one also has a latency ceiling (budget.latency = {budget.budget.latency!r}): drop it with "
+                        "--set budget.latency='' (the baseline then meets budget.flops alone), or give budget.flops "
+                        "= the FLOPs of the searched plan")  # fmt: skip
     check_budget_inputs(budget)
     out_dir = Path(out)
     if resume and (out_dir / "metrics.json").is_file() and (out_dir / "plan.json").is_file():

@@ -102,10 +102,13 @@ def _print_report(metrics: dict[str, Any], plan, baseline_plan, out_dir: Path) -
     print(format_table(rows, ["model", "FLOPs", "ratio", "params", "held-out top-1 %", "test top-1 %"]))
     ratios = ", ".join(f"{r:.2f}" for r in metrics["search_epoch_over_dense_epoch"])
     lat = metrics.get("latency")
-    fidelity = (f"FLOPs / target {metrics['flops_over_target']:.4f}" if lat is None else
-                f"latency / dense at batch {lat['batch_size']}: measured {lat['measured_ratio']:.3f}, predicted "
-                f"{lat['predicted_ratio']:.3f}, target {lat['target_ratio']:.3f} (measured / target "
-                f"{lat['measured_ratio'] / lat['target_ratio']:.3f})")  # fmt: skip
+    parts = [f"FLOPs / target {metrics['flops_over_target']:.4f}"] if metrics["flops_over_target"] else []
+    if lat is not None:
+        role = lat.get("role", "target")
+        parts.append(f"latency / dense at batch {lat['batch_size']}: measured {lat['measured_ratio']:.3f}, predicted "
+                     f"{lat['predicted_ratio']:.3f}, {role} {lat['target_ratio']:.3f} (measured / {role} "
+                     f"{lat['measured_ratio'] / lat['target_ratio']:.3f})")  # fmt: skip
+    fidelity = "; ".join(parts)
     print(f"{fidelity}; binarization gap {metrics['binarization_gap']:.4f}; "
           f"search {metrics['search_seconds']:.0f} s, per epoch {ratios} x a dense epoch "
           f"({metrics['dense_epoch_seconds']:.0f} s, from timed steps)")  # fmt: skip

@@ -95,6 +95,10 @@ class SearchMonitor:
         }
         if s.params_target is not None:
             scalars["search/lambda_params"] = s.lam_params
+        if s.latency_ceiling is not None:
+            widths = s.gates.expected_width(masks)
+            scalars["search/latency_ceiling_ratio"] = float(s.latency_model.latency(widths)) / s.latency_ceiling
+            scalars["search/lambda_latency"] = s.lam_latency
         for key, (total, count) in self._sums.items():
             if count:
                 scalars[f"search/{key}"] = total / count

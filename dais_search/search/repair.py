@@ -1,4 +1,5 @@
-"""Budget repair: a hard plan moved onto ``0.99 x target <= FLOPs <= target`` by allowed steps; and
+"""Budget repair: a hard plan moved onto ``0.99 x target <= FLOPs <= target`` (and under any ceiling:
+params, predicted latency) by allowed steps; and
 :func:`check_feasible`, which says before any work whether a budget can be met at all.
 
 Binarising soft masks (or rounding a shared keep ratio) leaves a plan somewhat off the budget.
@@ -12,7 +13,7 @@ per FLOP cost while under 0.99 x target and it fits. FLOPs are exact: the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -69,19 +70,26 @@ def repair(
     low: float = 0.99,
     round_to: int = 1,
     cost: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ceilings: Sequence[tuple[Callable[[torch.Tensor], torch.Tensor], float]] = (),
 ) -> dict[int, list[int]]:
-    """Moves a hard plan onto ``low x target <= cost <= target`` (and params <= their target).
+    """Moves a hard plan onto ``low x target <= cost <= target``, with params <= their target and
+    every ``(cost_j, ceiling_j)`` of ``ceilings`` (e.g. predicted latency) at or under its ceiling.
 
-    While over budget, steps the group whose next allowed width down removes the least soft-mask
-    value (its lowest-valued kept units) per unit of cost saved; then, while under ``low x
-    target``, steps up the group whose next allowed width adds the most value (its best dropped
-    units) per unit of cost, among the steps that still fit. The cost is ``cost(widths)`` (a
-    (G,) or (B, G) tensor of widths in ``fm.groups`` order; default: exact FLOPs, ``fm.flops``)
-    and ``flops_target`` its target; each round evaluates one candidate step per group, batched.
-    Allowed widths: :class:`.granularity.Granularity` (``min_keep``, ``round_to``, whole blocks);
-    a group whose start is not one of them first moves to the nearest one (by value, as above).
+    While over any of them, steps the group whose next allowed width down removes the least
+    soft-mask value (its lowest-valued kept units) per unit saved of the most violated one
+    (cost / limit largest), so a binding latency ceiling picks the steps that save time, not
+    FLOPs. Then, while under ``low x target``, steps up the group whose next allowed width adds
+    the most value (its best dropped units) per unit of cost, among the steps that still fit all
+    limits; where a ceiling binds, the cost may end under ``low x target``. The cost is
+    ``cost(widths)`` (a (G,) or (B, G) tensor of widths in ``fm.groups`` order; default: exact
+    FLOPs, ``fm.flops``) and ``flops_target`` its target; each round evaluates one candidate step
+    per group, batched. Allowed widths: :class:`.granularity.Granularity` (``min_keep``,
+    ``round_to``, whole blocks); a group whose start is not one of them first moves to the nearest
+    one (by value, as above).
     """
     cost = cost or fm.flops
+    limits = [(cost, flops_target), *([(fm.params, params_target)] if params_target is not None else []),
+              *ceilings]  # fmt: skip
     groups = fm.groups
     n = len(groups)
     lattice = Granularity(groups, min_keep, round_to)
@@ -117,14 +125,15 @@ def repair(
         return out
 
     def over(widths: torch.Tensor) -> torch.Tensor:
-        bad = cost(widths) > flops_target
-        if params_target is not None:
-            bad |= fm.params(widths) > params_target
+        bad = torch.zeros(widths.shape[:-1], dtype=torch.bool)
+        for fn, limit in limits:
+            bad |= fn(widths) > limit
         return bad
 
     while bool(over(w)):
         delta = torch.tensor(steps("down"), dtype=torch.float64)
-        saved = float(cost(w)) - cost(w - torch.diag(delta))
+        binding, _ = max(limits, key=lambda f: float(f[0](w)) / f[1])  # the most violated: its savings count
+        saved = float(binding(w)) - binding(w - torch.diag(delta))
         best, best_score = None, math.inf
         for i in range(n):
             if delta[i] > 0:

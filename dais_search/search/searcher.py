@@ -12,7 +12,8 @@ Lagrangian on the relative FLOPs error ``r = F(w) / F_target - 1`` of the soft w
     L_gate = CE + lambda * r + rho / 2 * r^2,      lambda <- lambda + rho * r   (after each gate step)
 
 so the soft network converges onto the budget instead of being pushed by a fixed penalty
-weight (an optional parameter budget adds a second, one-sided term). The temperature stays at
+weight (an optional parameter budget adds a second, one-sided term, and so does a latency
+ceiling: ``budget.latency`` given beside ``budget.flops``). The temperature stays at
 ``temperature_start`` for the first ``warmup`` fraction of the search (indicators and keep ratios
 learn while the masks are still soft), then anneals to ``temperature_end`` over the rest.
 
@@ -100,17 +101,22 @@ class Searcher:
         self.params_target = budget.params_target(self.flops_model.dense_params)
         self.lattice = Granularity(self.groups, budget.budget.min_keep, budget.budget.round_to)
         self.latency_model: LatencyModel | None = None
-        if budget.budget.latency in ("", None):
+        self.latency_ceiling: float | None = None  # seconds: budget.latency beside budget.flops
+        if budget.latency_role != "target":
             self.cost_name, self.cost = "flops", self.flops_model.flops
             self.flops_target = self.cost_target = budget.flops_target(self.flops_model.dense_flops)
             check_feasible(self.flops_model, self.flops_target, self.params_target, budget.budget.min_keep,
                            f"budget.flops = {_toml(budget.budget.flops)}", budget.budget.round_to,
                            torch.zeros(len(self.blocks)) if self.blocks else None)  # fmt: skip
-        else:
+        if budget.latency_role:
             self.latency_model = _latency_model(self.graph, model, example_input, budget)
-            self.cost_name, self.cost, self.flops_target = "latency", self.latency_model.latency, None
-            self.cost_target = budget.latency_target(self.latency_model.dense_seconds)
-            _check_latency_feasible(self.latency_model, self.lattice, self.cost_target, budget)
+            seconds = budget.latency_target(self.latency_model.dense_seconds)
+            _check_latency_feasible(self.latency_model, self.lattice, seconds, budget)
+            if budget.latency_role == "target":
+                self.cost_name, self.cost, self.flops_target = "latency", self.latency_model.latency, None
+                self.cost_target = seconds
+            else:
+                self.latency_ceiling = seconds
         criterion = "bn" if spec.mode == "dsa" else "l1"  # DSA ranks by BN scale, DAIS starts from filter norms
         start_cost = self.cost  # the soft cost at the blocks' start value, so the search starts on the budget
         if self.blocks:
@@ -130,12 +136,15 @@ class Searcher:
                                       weight_decay=spec.gate_weight_decay)  # fmt: skip
         self.lam = 0.0
         self.lam_params = 0.0
+        self.lam_latency = 0.0  # the latency ceiling's multiplier (one-sided, as the params one)
         self.total_steps = spec.epochs * steps_per_epoch
         self.step = 0
-        target = (f"FLOPs target {self.cost_target:.0f} (dense {self.flops_model.dense_flops})"
-                  if self.latency_model is None else
-                  f"latency target {1e3 * self.cost_target:.2f} ms (dense {1e3 * self.latency_model.dense_seconds:.2f}"
-                  f" ms at batch {self.latency_model.batch_size}, measured)")  # fmt: skip
+        lm = self.latency_model
+        measured = f" (dense {1e3 * lm.dense_seconds:.2f} ms at batch {lm.batch_size}, measured)" if lm else ""
+        target = (f"latency target {1e3 * self.cost_target:.2f} ms{measured}" if self.cost_name == "latency" else
+                  f"FLOPs target {self.cost_target:.0f} (dense {self.flops_model.dense_flops})"
+                  + (f", latency ceiling {1e3 * self.latency_ceiling:.2f} ms{measured}" if self.latency_ceiling
+                     else ""))  # fmt: skip
         log.info("search: %d prunable groups (%d channels), %d weight / %d gate tensors; %s", len(self.groups),
                  sum(g.size for g in self.groups), len(self.weight_params), len(self.gate_params), target)  # fmt: skip
 
@@ -183,18 +192,24 @@ class Searcher:
             return self.flops_model.flops(widths, self.gates.block_masks())
         return self.cost(widths)
 
-    def budget_terms(self, masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(penalty, relative error of the budgeted cost (FLOPs or latency), relative params excess) of
-        the soft widths."""
+    def budget_terms(
+        self, masks: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(penalty, relative error of the budgeted cost (FLOPs or latency), relative params excess,
+        relative excess over the latency ceiling) of the soft widths; the last two ``None`` where
+        the budget has no such ceiling."""
         widths = self.gates.expected_width(masks)
         rho = self.budget.search.rho
         r = self.soft_cost(widths) / self.cost_target - 1
         penalty = self.lam * r + rho / 2 * r**2
-        rp = None
+        rp = rl = None
         if self.params_target is not None:
             rp = self.flops_model.params(widths, self.gates.block_masks()) / self.params_target - 1
             penalty = penalty + self.lam_params * rp + rho / 2 * F.relu(rp) ** 2
-        return penalty, r, rp
+        if self.latency_ceiling is not None:
+            rl = self.latency_model.latency(widths) / self.latency_ceiling - 1
+            penalty = penalty + self.lam_latency * rl + rho / 2 * F.relu(rl) ** 2
+        return penalty, r, rp, rl
 
     def gate_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """One Adam step of indicators and keep ratios on a held-out batch, then the dual update."""
@@ -205,7 +220,7 @@ class Searcher:
         with autocast(x.device, self.budget.search.precision):
             task, out = classification_loss(self._forward_with(x, masks), y)
         task = task.float()
-        penalty, r, rp = self.budget_terms(masks)
+        penalty, r, rp, rl = self.budget_terms(masks)
         loss = task + penalty.to(task.dtype)
         self.g_opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -218,10 +233,13 @@ class Searcher:
         self.lam += rho * float(r.detach())
         if rp is not None:
             self.lam_params = max(0.0, self.lam_params + rho * float(rp.detach()))
+        if rl is not None:
+            self.lam_latency = max(0.0, self.lam_latency + rho * float(rl.detach()))
         self._set_trainable(weights=True)
         self._weight_masks = None  # the gates moved
         return {"val_loss": float(task.detach()), "val_correct": int((out.detach().argmax(1) == y).sum()),
-                "val_seen": len(y), f"{self.cost_name}_ratio": float(r.detach()) + 1}  # fmt: skip
+                "val_seen": len(y), f"{self.cost_name}_ratio": float(r.detach()) + 1,
+                **({"latency_ceiling_ratio": float(rl.detach()) + 1} if rl is not None else {})}  # fmt: skip
 
     def _forward_with(self, x: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
         # The penalty and the forward pass must use the same masks (one allocation solve per step).
@@ -317,13 +335,14 @@ class Searcher:
         batches) and rounding could drift, so they are made equal at the end of every epoch."""
         broadcast_state(self.model)
         broadcast_state(self.gates)
-        self.lam, self.lam_params = broadcast_object((self.lam, self.lam_params))
+        self.lam, self.lam_params, self.lam_latency = broadcast_object((self.lam, self.lam_params, self.lam_latency))
 
     # -- the end ----------------------------------------------------------------------------------
     @torch.no_grad()
     def binarize(self) -> ChannelPlan:
         """Top channels per group by indicator, repaired onto the budget on the hard network; under a
-        latency budget then measured, and repaired again while the measurement misses the target."""
+        latency budget then measured, and repaired again while the measurement misses the target (or,
+        for a latency ceiling beside a FLOPs target, goes over the ceiling)."""
         masks = self.gates()
         counts = self.gates.hard_counts(masks)
         scores = self.gates.channel_scores()
@@ -340,8 +359,9 @@ class Searcher:
             kept_blocks = self._binarize_blocks()
             removed = [b.name for b, k in zip(self.blocks, kept_blocks.tolist(), strict=True) if not k]
             cost = lambda w: self.flops_model.flops(w, kept_blocks)  # noqa: E731 - the chosen blocks fixed
+        ceilings = [(self.latency_model.latency, self.latency_ceiling)] if self.latency_ceiling else []
         kept = repair(self.flops_model, kept, values, self.cost_target, self.params_target, spec.min_keep,
-                      round_to=spec.round_to, cost=cost)  # fmt: skip
+                      round_to=spec.round_to, cost=cost, ceilings=ceilings)  # fmt: skip
         thin = self._thin_blocks(kept, kept_blocks) if self.blocks else []
         if thin:  # chains of one or two channels: remove those blocks whole, give their FLOPs to the channels
             kept_blocks = kept_blocks.clone()
@@ -351,16 +371,25 @@ class Searcher:
             kept = repair(self.flops_model, kept, values, self.cost_target, self.params_target, spec.min_keep,
                           round_to=spec.round_to, cost=cost)  # fmt: skip
         meta = {"method": f"dais_search:{self.budget.search.mode}"}
-        if self.latency_model is None:
+        if self.flops_target is not None:
             meta["target_flops"] = int(self.flops_target)
-        else:
+        if self.latency_model is not None:
             kept, meta["latency"] = self._measured_repair(kept, values)
         if spec.round_to > 1:
             meta["round_to"] = spec.round_to
         plan = ChannelPlan.create(self.model, kept, self.input_shape, spec.ignore, graph=self.graph, meta=meta,
                                   removed_blocks=removed)  # fmt: skip
         predicted = float(cost(self.flops_model.widths_of(kept)))
-        if self.latency_model is None and predicted < 0.99 * self.cost_target:
+        if self.flops_target is None or predicted >= 0.99 * self.cost_target:
+            return plan
+        unbound = repair(self.flops_model, kept, values, self.cost_target, self.params_target, spec.min_keep,
+                         round_to=spec.round_to, cost=cost)  # fmt: skip
+        if self.latency_ceiling and float(cost(self.flops_model.widths_of(unbound))) > predicted:
+            lat = meta["latency"]
+            log.warning("the latency ceiling binds: the plan keeps %.4f of the FLOPs target, measured at %.3f of the "
+                        "dense latency for a ceiling of %.3f; raise budget.latency to keep more FLOPs",
+                        predicted / self.cost_target, lat["measured_ratio"], lat["target_ratio"])  # fmt: skip
+        else:
             log.warning("the allowed widths (min_keep = %d, round_to = %d, whole blocks) leave the plan at %.4f of "
                         "the %s target: no allowed step up fits; a smaller budget.round_to gets closer",
                         spec.min_keep, spec.round_to, predicted / self.cost_target, self.cost_name)  # fmt: skip
@@ -401,32 +430,48 @@ class Searcher:
     def _measured_repair(self, kept: dict[int, list[int]], values: list[torch.Tensor],
                          rounds: int = 4, tolerance: float = 0.02) -> tuple[dict[int, list[int]], dict]:  # fmt: skip
         """Measures the repaired plan against the dense model (interleaved, medians); while the
-        measured ratio misses the target ratio by more than ``tolerance``, scales the predicted
-        target by target / measured and repairs again. Returns the plan and what was measured."""
+        measured ratio misses the target ratio by more than ``tolerance`` (a ceiling: goes over it by
+        more), scales the predicted target (ceiling) by target / measured and repairs again. Returns
+        the plan and what was measured."""
         lm, spec = self.latency_model, self.budget.budget
-        goal = self.cost_target / lm.dense_seconds  # the latency ratio asked for
-        aim = self.cost_target  # what the prediction is repaired onto
+        ceiling = self.latency_ceiling is not None
+        seconds = self.latency_ceiling if ceiling else self.cost_target
+        goal = seconds / lm.dense_seconds  # the latency ratio asked for
+        aim = seconds  # what the prediction is repaired onto (or kept under)
+        least = float(lm.latency(self.lattice.floor()))
         history, tried = [], []
         for round_ in range(rounds):
             predicted = float(lm.latency(self.flops_model.widths_of(kept)))
             measured = lm.measure_ratio(kept)
             history.append({"predicted_ratio": predicted / lm.dense_seconds, "measured_ratio": measured})
             tried.append((kept, measured))
-            if abs(measured / goal - 1) <= tolerance or round_ + 1 == rounds:
+            done = measured <= goal * (1 + tolerance) if ceiling else abs(measured / goal - 1) <= tolerance
+            if done or round_ + 1 == rounds:
                 break
             step = min(max(goal / measured, 0.8), 1.25)  # damped: one noisy measurement cannot throw the plan far
-            aim = max(aim * step, float(self.cost(self.lattice.floor())))  # and no lower than the minimum widths
-            kept = repair(self.flops_model, kept, values, aim, self.params_target, spec.min_keep,
-                          round_to=spec.round_to, cost=self.cost)  # fmt: skip
-        # The closest to the target that is not over it by more than the tolerance (else the fastest).
+            aim = max(aim * step, least)  # and no lower than the minimum widths
+            if ceiling:  # the FLOPs target again, under the scaled ceiling
+                kept = repair(self.flops_model, kept, values, self.cost_target, self.params_target, spec.min_keep,
+                              round_to=spec.round_to, cost=self.cost, ceilings=[(lm.latency, aim)])  # fmt: skip
+            else:
+                kept = repair(self.flops_model, kept, values, aim, self.params_target, spec.min_keep,
+                              round_to=spec.round_to, cost=self.cost)  # fmt: skip
+        # The closest to the target that is not over it by more than the tolerance (a ceiling: the one
+        # with the most FLOPs under it); else the fastest.
         fine = [t for t in tried if t[1] <= goal * (1 + tolerance)]
-        chosen = min(fine, key=lambda t: abs(t[1] / goal - 1)) if fine else min(tried, key=lambda t: t[1])
+        if fine and ceiling:
+            chosen = max(fine, key=lambda t: float(self.cost(self.flops_model.widths_of(t[0]))))
+        elif fine:
+            chosen = min(fine, key=lambda t: abs(t[1] / goal - 1))
+        else:
+            chosen = min(tried, key=lambda t: t[1])
         kept, pick = chosen[0], history[tried.index(chosen)]
         log.info("latency: measured / dense %s for a target of %.3f (predicted %s)",
                  ", ".join(f"{h['measured_ratio']:.3f}" for h in history), goal,
                  ", ".join(f"{h['predicted_ratio']:.3f}" for h in history))  # fmt: skip
-        return kept, {"target_ratio": goal, "measured_ratio": pick["measured_ratio"],
-                      "predicted_ratio": pick["predicted_ratio"], "target_ms": 1e3 * self.cost_target,
+        return kept, {"role": "ceiling" if ceiling else "target", "target_ratio": goal,
+                      "measured_ratio": pick["measured_ratio"],
+                      "predicted_ratio": pick["predicted_ratio"], "target_ms": 1e3 * seconds,
                       "dense_ms": 1e3 * lm.dense_seconds, "batch_size": lm.batch_size, "device": lm.cache.tag,
                       "rounds": history}  # fmt: skip
 
@@ -435,6 +480,7 @@ class Searcher:
         return {
             "gates": self.gates.state_dict(), "w_opt": self.w_opt.state_dict(), "w_sched": self.w_sched.state_dict(),
             "g_opt": self.g_opt.state_dict(), "lam": self.lam, "lam_params": self.lam_params, "step": self.step,
+            "lam_latency": self.lam_latency,
             "weight_masks": self._weight_masks,  # cached at the last gate step's temperature: part of the state
         }  # fmt: skip
 
@@ -444,6 +490,7 @@ class Searcher:
         self.w_sched.load_state_dict(state["w_sched"])
         self.g_opt.load_state_dict(state["g_opt"])
         self.lam, self.lam_params, self.step = state["lam"], state["lam_params"], state["step"]
+        self.lam_latency = state.get("lam_latency", 0.0)  # states written before latency ceilings existed
         self._weight_masks = state.get("weight_masks")
 
 

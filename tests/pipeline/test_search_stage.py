@@ -105,3 +105,22 @@ def test_resume_with_other_settings_is_refused_naming_them(tmp_path, capsys):
         assert main([*argv, "--epochs", "2"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["resumed_with"] == [{"search.epochs": 2}]
+
+
+def test_a_flops_budget_with_a_latency_ceiling_from_the_command_line(tmp_path, capsys, fake_clock):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    budget = _write_budget(tmp_path / "b.toml")
+    out = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # Under the stand-in clock half the FLOPs take about 0.6 of resnet8's time: 0.5 binds.
+        assert main(["search", str(budget), "--out", str(out), "--no-progress", "--set", 'budget.latency="50%"']) == 0
+    text = capsys.readouterr().out
+    assert "latency / dense" in text and "ceiling 0.500" in text
+    metrics = json.loads((out / "metrics.json").read_text())
+    lat = metrics["latency"]
+    assert lat["role"] == "ceiling" and lat["measured_ratio"] <= 0.5 * 1.02
+    assert metrics["flops_over_target"] < 0.99  # the ceiling bound
+    events = EventAccumulator(str(out / "tb"), size_guidance={"images": 0, "histograms": 0, "tensors": 0}).Reload()
+    assert {"search/latency_ceiling_ratio", "search/lambda_latency"} <= set(events.Tags()["scalars"])

@@ -53,7 +53,7 @@ def test_closed_block_gates_compute_the_model_without_those_blocks():
 def test_over_budget_the_penalty_pushes_every_block_indicator_down():
     searcher = _searcher()
     searcher.lam = 5.0  # the multiplier of a search that has been over budget
-    penalty, r, _ = searcher.budget_terms(searcher.gates())
+    penalty, r, _, _ = searcher.budget_terms(searcher.gates())
     assert abs(float(r.detach())) < 0.01  # it starts on the budget, blocks at their start value included
     penalty.backward()
     assert (searcher.gates.beta.grad > 0).all()  # a gradient step lowers every beta

@@ -1,12 +1,13 @@
 """Latency budgets: the LatencyModel's calibration, a search that lands its *measured* latency on the
 target, and the errors a latency budget can give.
 
-Timing is replaced by a deterministic stand-in (seconds from each module's FLOPs, a network's
-seconds from its FLOPs plus a fixed overhead), so the feedback loop is tested exactly; one test
-times real layers."""
+Timing is replaced by a deterministic stand-in (the ``fake_clock`` fixture of conftest.py: seconds
+from each module's FLOPs, a network's seconds from its FLOPs plus a fixed overhead), so the
+feedback loop is tested exactly; one test times real layers."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import pytest
@@ -16,25 +17,11 @@ from dais_search import create_model
 from dais_search.budget import parse_budget
 from dais_search.channels import FlopsModel, LatencyModel, trace_channels
 from dais_search.channels import latency_model as lm_module
-from dais_search.cost import count_flops, lut
 from dais_search.cost.lut import LatencyCache
 from dais_search.errors import UserError
 from dais_search.search import Searcher
 
 SHAPE = (1, 3, 32, 32)
-
-
-@pytest.fixture
-def fake_clock(monkeypatch, tmp_path):
-    """Layer tables from FLOPs; whole networks from FLOPs x 1.3 + a fixed 2 ms (what tables miss)."""
-    monkeypatch.setenv("DAIS_SEARCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(lut, "_time", lambda module, x, repeats, warmup: 1e-11 * count_flops(module, x))
-
-    def network(models, x, repeats=20, warmup=5):
-        return {k: [1.3e-11 * count_flops(m, x) + 2e-3] * repeats for k, m in models.items()}
-
-    monkeypatch.setattr(lm_module, "interleaved_latency", network)
-    return network
 
 
 def _budget(**budget):
@@ -43,6 +30,7 @@ def _budget(**budget):
 
 
 def _searcher(budget) -> Searcher:
+    torch.manual_seed(0)  # the same dense weights for every searcher of a test
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return Searcher(create_model("resnet20"), budget, torch.zeros(SHAPE), 4)
@@ -86,8 +74,8 @@ def test_a_latency_search_lands_the_measured_ratio_on_the_target_by_measuring(fa
 def test_latency_budget_errors_name_the_key_and_the_fix(fake_clock):
     with pytest.raises(UserError, match=r'budget.latency = "1%".*raise it to at least'):
         _searcher(_budget(latency="1%"))
-    with pytest.raises(UserError, match="not both"):
-        _budget(latency="50%", flops="50%")
+    with pytest.raises(UserError, match="neither budget.flops nor budget.latency"):
+        _budget(flops="")
     with pytest.raises(UserError, match="budget.latency = '150%'"):
         _budget(latency="150%")
     assert _budget(latency="12.5 ms").latency_target(1.0) == pytest.approx(0.0125)
@@ -99,4 +87,74 @@ def test_baselines_refuse_a_latency_budget_before_any_work(tmp_path):
 
     with pytest.raises(UserError, match="baselines take FLOPs budgets"):
         run_baseline(_budget(latency="50%"), "b.toml", str(tmp_path / "out"), method="l1-uniform")
+    assert not (tmp_path / "out").exists()
+
+
+def _random_indicators(searcher: Searcher) -> None:
+    with torch.no_grad():
+        for alpha in searcher.gates.alpha:
+            alpha.copy_(torch.randn(alpha.shape, generator=torch.Generator().manual_seed(alpha.numel())))
+
+
+def test_latency_alone_is_the_target_and_beside_flops_a_ceiling():
+    assert _budget(latency="50%").latency_role == "target"
+    assert _budget(latency="50%").flops_target(1000) is None
+    both = _budget(flops="40%", latency="50%")
+    assert both.latency_role == "ceiling" and both.flops_target(1000) == pytest.approx(400)
+    assert _budget(flops="40%").latency_role == ""
+
+
+def test_a_loose_latency_ceiling_leaves_the_flops_plan_as_it_was(fake_clock):
+    plans = []
+    for budget in (_budget(flops="50%"), _budget(flops="50%", latency="95%")):
+        searcher = _searcher(budget)
+        _random_indicators(searcher)
+        plans.append(searcher.binarize())
+    assert searcher.cost_name == "flops" and searcher.latency_ceiling is not None
+    flops_only, ceiling = plans
+    assert ceiling.kept == flops_only.kept
+    assert 0.99 <= ceiling.flops / searcher.flops_target <= 1.0
+    assert ceiling.meta["latency"]["role"] == "ceiling" and ceiling.meta["latency"]["measured_ratio"] < 0.95
+
+
+def test_a_binding_latency_ceiling_holds_the_measured_latency_under_it(fake_clock, monkeypatch, caplog):
+    # Under the stand-in clock 50% of the FLOPs takes about 0.66 of the dense time: a 0.55 ceiling binds.
+    searcher = _searcher(_budget(flops="50%", latency="55%"))
+    # The network runs 10% slower than predicted: only measuring finds it, and the repair must then
+    # lower the ceiling it repairs the prediction under.
+    monkeypatch.setattr(LatencyModel, "measure_ratio", lambda self, kept, repeats=None:
+                        1.1 * float(self.latency(searcher.flops_model.widths_of(kept))) / self.dense_seconds)
+    _random_indicators(searcher)
+    with caplog.at_level(logging.WARNING, logger="dais_search"):
+        plan = searcher.binarize()
+    lat = plan.meta["latency"]
+    assert lat["role"] == "ceiling" and lat["target_ratio"] == pytest.approx(0.55)
+    assert lat["rounds"][0]["measured_ratio"] > 0.55 * 1.02  # the first plan, on the prediction, was over
+    assert lat["measured_ratio"] <= 0.55 * 1.02
+    assert plan.flops < 0.99 * searcher.flops_target  # the ceiling bound, not the FLOPs target
+    assert plan.meta["target_flops"] == int(searcher.flops_target)
+    assert "the latency ceiling binds" in caplog.text
+
+
+def test_the_ceiling_multiplier_rises_only_while_the_soft_latency_is_over(fake_clock):
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    tight = _searcher(_budget(flops="50%", latency="55%"))
+    _, r, _, rl = tight.budget_terms(tight.gates())
+    assert abs(float(r.detach())) < 0.05 and float(rl.detach()) > 0  # it starts on the FLOPs target, over the ceiling
+    stats = tight.gate_step(x, y)
+    assert tight.lam_latency > 0 and stats["latency_ceiling_ratio"] > 1
+    state = tight.state_dict()
+    fresh = _searcher(_budget(flops="50%", latency="55%"))
+    fresh.load_state_dict(state)
+    assert fresh.lam_latency == tight.lam_latency
+    loose = _searcher(_budget(flops="50%", latency="95%"))
+    loose.gate_step(x, y)
+    assert loose.lam_latency == 0.0
+
+
+def test_baselines_refuse_a_latency_ceiling_and_say_how_to_drop_it(tmp_path):
+    from dais_search.pipeline import run_baseline
+
+    with pytest.raises(UserError, match="--set budget.latency=''"):
+        run_baseline(_budget(flops="50%", latency="60%"), "b.toml", str(tmp_path / "out"), method="l1-uniform")
     assert not (tmp_path / "out").exists()
