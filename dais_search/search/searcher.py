@@ -430,9 +430,10 @@ class Searcher:
     def _measured_repair(self, kept: dict[int, list[int]], values: list[torch.Tensor],
                          rounds: int = 4, tolerance: float = 0.02) -> tuple[dict[int, list[int]], dict]:  # fmt: skip
         """Measures the repaired plan against the dense model (interleaved, medians); while the
-        measured ratio misses the target ratio by more than ``tolerance`` (a ceiling: goes over it by
-        more), scales the predicted target (ceiling) by target / measured and repairs again. Returns
-        the plan and what was measured."""
+        measured ratio misses the target ratio by more than ``tolerance``, scales the predicted
+        target by target / measured and repairs again. A ceiling is scaled the same way while the
+        plan measures over it, or under it with FLOPs left under their target (room the prediction
+        did not see). Returns the plan and what was measured."""
         lm, spec = self.latency_model, self.budget.budget
         ceiling = self.latency_ceiling is not None
         seconds = self.latency_ceiling if ceiling else self.cost_target
@@ -445,7 +446,12 @@ class Searcher:
             measured = lm.measure_ratio(kept)
             history.append({"predicted_ratio": predicted / lm.dense_seconds, "measured_ratio": measured})
             tried.append((kept, measured))
-            done = measured <= goal * (1 + tolerance) if ceiling else abs(measured / goal - 1) <= tolerance
+            on_goal = abs(measured / goal - 1) <= tolerance
+            if ceiling:  # under it, and either on it or the FLOPs on their target (the ceiling has no say)
+                flops = float(self.cost(self.flops_model.widths_of(kept)))
+                done = measured <= goal * (1 + tolerance) and (on_goal or flops >= 0.99 * self.cost_target)
+            else:
+                done = on_goal
             if done or round_ + 1 == rounds:
                 break
             step = min(max(goal / measured, 0.8), 1.25)  # damped: one noisy measurement cannot throw the plan far

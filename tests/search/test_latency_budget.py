@@ -158,3 +158,18 @@ def test_baselines_refuse_a_latency_ceiling_and_say_how_to_drop_it(tmp_path):
     with pytest.raises(UserError, match="--set budget.latency=''"):
         run_baseline(_budget(flops="50%", latency="60%"), "b.toml", str(tmp_path / "out"), method="l1-uniform")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_binding_ceiling_uses_the_room_the_prediction_did_not_see(fake_clock, monkeypatch):
+    # The network runs 10% faster than predicted: the first plan measures well under the ceiling
+    # with FLOPs left under their target, so the ceiling is raised until the plan measures on it.
+    searcher = _searcher(_budget(flops="50%", latency="55%"))
+    monkeypatch.setattr(LatencyModel, "measure_ratio", lambda self, kept, repeats=None:
+                        0.9 * float(self.latency(searcher.flops_model.widths_of(kept))) / self.dense_seconds)
+    _random_indicators(searcher)
+    plan = searcher.binarize()
+    lat = plan.meta["latency"]
+    first = lat["rounds"][0]["measured_ratio"]
+    assert first < 0.55 * 0.98 and len(lat["rounds"]) > 1
+    assert abs(lat["measured_ratio"] / 0.55 - 1) <= 0.02 or plan.flops >= 0.99 * searcher.flops_target
+    assert lat["measured_ratio"] > first  # it kept more: more FLOPs, more time, still under the ceiling
