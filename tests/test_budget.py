@@ -32,8 +32,10 @@ def test_every_budget_file_validates(path):
         return
     target = budget.flops_target(1000)
     assert 0 < target <= 1000
-    keep = int(path.stem.rsplit("keep", 1)[-1]) if "keep" in path.stem else 50
+    keep = int(path.stem.rsplit("keep", 1)[-1].split("_")[0]) if "keep" in path.stem else 50
     assert target == pytest.approx(keep * 10)
+    if budget.latency_role == "ceiling":  # keep50_latency55: the ceiling is in the name too
+        assert budget.latency_target(1.0) == pytest.approx(int(path.stem.rsplit("latency", 1)[-1]) / 100)
 
 
 BASE = {"version": 1, "model": {"name": "resnet20"}}
