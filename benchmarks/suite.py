@@ -345,8 +345,8 @@ def _plot(records: list[dict], path: Path) -> None:
         ax.set_yticklabels([m + "".join(f" [{x}]" for x in by_method[m][0].get("search_sets", [])) for m in order])
         lo, hi = ax.get_xlim()
         if hi - lo < 2.0:  # at least 2 points wide: a gap of a few tenths must not fill the chart
-            mid = (lo + hi) / 2
-            ax.set_xlim(mid - 1.0, mid + 1.0)
+            lo, hi = (lo + hi) / 2 - 1.0, (lo + hi) / 2 + 1.0
+        ax.set_xlim(lo, hi + 0.06 * (hi - lo))  # room for the labels right of the rightmost markers
         ax.set_xlabel("CIFAR-10 test top-1 (%)")
         first = records[0]
         ax.set_title(f"{teacher} at {first['target_flops_ratio']:.0%} of its FLOPs ({budgets[0]}): "
