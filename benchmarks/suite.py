@@ -5,6 +5,7 @@ in two fairness rows, one JSON per method x budget x seed, then a Markdown table
     python benchmarks/suite.py --suite standard               # ResNet-56, keep 50% and 30%, seed 0
     python benchmarks/suite.py --suite standard --budgets keep30 --seeds 0,1,2 --methods ours,fpgm-uniform
     python benchmarks/suite.py --suite quick --render         # the table and PNG from the JSONs alone
+    python benchmarks/suite.py --suite quick --retime         # search cost measured again, on a quiet machine
     python benchmarks/suite.py --suite depth-resnet56         # block + channel vs channel only, keep 30%
     python benchmarks/suite.py --suite depth-vgg19            # layer + channel vs channel only (train VGG-19 first)
 
@@ -38,7 +39,9 @@ import copy
 import dataclasses
 import importlib.util
 import json
+import math
 import shlex
+import shutil
 import statistics
 import sys
 import time
@@ -114,17 +117,18 @@ class Runner:
     def __init__(self, suite: Suite, work: Path, results: Path) -> None:
         self.suite, self.work, self.results = suite, work, results
         self.timings: dict[tuple[str, int], float] = {}
+        self._retimed: set[Path] = set()  # the retime folders this runner has emptied
 
     # -- plan stages -------------------------------------------------------------------------
-    def plan_dir(self, label: str, seed: int, method: str) -> Path:
+    def plan_dir(self, label: str, seed: int, method: str, stage: str = "plans") -> Path:
         """Where the plan of ``method`` lives; ablations share their parent's plan."""
         source = {"ours-vanilla-ft": "ours", "uniform-ours-ft": "l1-uniform"}.get(method, method)
-        return self.work / label / f"seed{seed}" / "plans" / source
+        return self.work / label / f"seed{seed}" / stage / source
 
-    def make_plan(self, label: str, seed: int, method: str) -> dict:
+    def make_plan(self, label: str, seed: int, method: str, stage: str = "plans") -> dict:
         """The plan stage's metrics (``search`` or ``baseline`` or the peer), run when missing."""
         budget = self.suite.budgets[label]
-        folder = self.plan_dir(label, seed, method)
+        folder = self.plan_dir(label, seed, method, stage)
         sets = [f for s in (*self.suite.search_sets, f"search.seed={seed}") for f in ("--set", s)]
         if not (folder / "metrics.json").is_file():
             if folder.name in SEARCHES:
@@ -229,11 +233,7 @@ class Runner:
             results[row] = {"finetune_epochs": e, "total_weight_epochs": e + own, "test_top1": m["test_top1"],
                             "finetune_seconds": m["finetune_seconds"],
                             "test_top1_per_epoch": [h["test_top1_folded"] for h in m["history"]]}  # fmt: skip
-        seconds = found.get("search_seconds", found.get("baseline_seconds"))
-        if method == "uniform-ours-ft":
-            seconds = found.get("baseline_seconds")
-        elif method == "ours-vanilla-ft":
-            seconds = search["search_seconds"]
+        seconds = _plan_seconds(found)  # an ablation's plan is its parent's: the parent's seconds
         budget = self._budget(label, seed)
         plan = ChannelPlan.load(self.plan_dir(label, seed, method) / "plan.json")
         record = {
@@ -258,6 +258,50 @@ class Runner:
                 record["note"] = f"channel divisor {peer['channel_divisor']}"
         write_json(path, record)
         return record
+
+    # -- timing again --------------------------------------------------------------------------
+    def retime(self, label: str, seed: int, method: str) -> dict | None:
+        """Measure a finished run's plan-stage seconds and dense epoch again, on this (quiet) machine.
+
+        The plan stage runs again from scratch into ``<work>/<label>/seed<N>/retime/``; its plan must be
+        the run's (the same FLOPs, params and top-1 before the fine-tune), or the JSON is left as it is:
+        seconds of another plan would not be this run's cost. Only the three timing fields change; what
+        they were is kept under ``retimed``. Returns the new record, or None when the run has no JSON.
+        """
+        path = self.results / f"{method}_{label}_seed{seed}.json"
+        if not path.is_file():
+            print(f"note: {method} {label} seed {seed} has no results JSON: nothing to retime")
+            return None
+        record = json.loads(path.read_text())
+        folder = self.plan_dir(label, seed, method, "retime")
+        if folder not in self._retimed:  # a folder left by an earlier --retime is stale: time a fresh stage
+            shutil.rmtree(folder, ignore_errors=True)
+            self._retimed.add(folder)
+        found = self.make_plan(label, seed, method, "retime")
+        again = {"flops": found["flops"], "params": found["params"], "test_top1_before_finetune":
+                 found["pruned_test_top1"]}  # fmt: skip
+        differs = [k for k, v in again.items() if not math.isclose(v, record[k], rel_tol=0, abs_tol=0.011)]
+        if differs:
+            detail = ", ".join(f"{k} {again[k]} now vs {record[k]}" for k in differs)
+            raise SystemExit(f"error: {method} {label} seed {seed}: the plan stage run again gives another plan "
+                             f"({detail}), so its seconds would time a different run; {path} is left as it was. "
+                             "Delete that JSON and run the suite to replace the whole run")  # fmt: skip
+        seconds, dense_epoch = _plan_seconds(found), found["dense_epoch_seconds"]
+        record["retimed"] = {
+            "was": {k: record[k] for k in ("search_seconds", "dense_epoch_seconds", "search_cost_ratio")},
+            "date": time.strftime("%Y-%m-%d"), "command": shlex.join(["python", *sys.argv]),
+        }  # fmt: skip
+        record.update(search_seconds=seconds, dense_epoch_seconds=dense_epoch,
+                      search_cost_ratio=seconds / max(dense_epoch, 1e-9))  # fmt: skip
+        write_json(path, record)
+        print(f"{method} {label} seed {seed}: search cost {record['retimed']['was']['search_cost_ratio']:.3f} -> "
+              f"{record['search_cost_ratio']:.3f} x a dense epoch ({seconds:.0f} s / {dense_epoch:.0f} s)")
+        return record
+
+
+def _plan_seconds(found: dict) -> float:
+    """The plan stage's wall seconds: a search's, or a baseline's or peer's."""
+    return found["search_seconds"] if "search_seconds" in found else found["baseline_seconds"]
 
 
 # -- rendering -------------------------------------------------------------------------------------
@@ -390,7 +434,12 @@ def main(argv: list[str] | None = None, suites: dict[str, Suite] | None = None) 
     p.add_argument("--work", help="folder of the runs (default: runs/suite/<suite>)")
     p.add_argument("--results", help="folder of the JSONs, table and PNG (default: benchmarks/results/suite/<suite>)")
     p.add_argument("--render", action="store_true", help="only render the table and PNG from the JSONs")
+    p.add_argument("--retime", action="store_true",
+                   help="run the plan stages of finished runs again, on a quiet machine, and replace their\n"
+                        "search seconds, dense epoch and search cost ratio (the plan must come out the same)")
     args = p.parse_args(argv)
+    if args.render and args.retime:
+        raise SystemExit("error: --render and --retime exclude each other: --retime renders the table when done")
     suite = suites[args.suite]
     if args.set:
         suite = dataclasses.replace(suite, search_sets=tuple(args.set))
@@ -418,7 +467,7 @@ def main(argv: list[str] | None = None, suites: dict[str, Suite] | None = None) 
             for seed in seeds:
                 for method in methods:
                     try:
-                        runner.run(label, seed, method)
+                        runner.retime(label, seed, method) if args.retime else runner.run(label, seed, method)
                     except UserError as exc:
                         raise SystemExit(f"error: {method} {label} seed {seed}: {exc}") from None
     records = [json.loads(f.read_text()) for f in sorted(results.glob("*_seed*.json"))]

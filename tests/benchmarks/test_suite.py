@@ -20,6 +20,7 @@ from dais_search import create_model, save_checkpoint  # noqa: E402
 FIELDS = {"method", "teacher", "dense_test_top1", "target_flops_ratio", "flops_ratio", "flops_over_target", "params",
           "test_top1_before_finetune", "rows", "search_seconds", "dense_epoch_seconds", "search_cost_ratio",
           "latency_ms", "versions", "command"}  # fmt: skip
+TIMING = {"search_seconds", "dense_epoch_seconds", "search_cost_ratio", "retimed"}
 
 
 @pytest.fixture
@@ -102,3 +103,36 @@ def test_the_depth_methods_search_blocks_or_layers_and_list_what_they_removed(tm
     assert searched["ours-frozen-blocks"]["searched_blocks"] == searched["ours-frozen-layers"]["searched_blocks"] == 1
     table = (tmp_path / "results" / "table.md").read_text()
     assert "removed blocks / layers" in table and all(f"| {m} [budget.flops=0.3] " in table for m in methods)
+
+
+def test_retime_measures_the_plan_stages_again_and_refuses_another_plan(tmp_path, toy_suite, capsys):
+    methods = ("ours-frozen", "ours-vanilla-ft", "l1-uniform")
+    suite = harness.Suite("toy", toy_suite.budgets, 1, methods=methods, finetune_args=("--max-steps", "2"),
+                          latency_repeats=2)  # fmt: skip
+    _run(tmp_path, suite, "--methods", "ours-frozen,l1-uniform")
+    results = tmp_path / "results"
+    before = {m: json.loads((results / f"{m}_keep50_seed0.json").read_text()) for m in ("ours-frozen", "l1-uniform")}
+    # A retime folder left from before holds made-up seconds: it must not be taken for a new measurement.
+    stale = tmp_path / "work" / "keep50" / "seed0" / "retime" / "l1-uniform"
+    stale.mkdir(parents=True)
+    made_up = {**before["l1-uniform"], "baseline_seconds": 1e6}
+    made_up["pruned_test_top1"] = made_up["test_top1_before_finetune"]
+    (stale / "metrics.json").write_text(json.dumps(made_up))
+    after = {r["method"]: r for r in _run(tmp_path, suite, "--retime")}
+    assert "ours-vanilla-ft" not in after and "nothing to retime" in capsys.readouterr().out
+    for m, old in before.items():
+        new = after[m]
+        assert new["retimed"]["was"]["search_cost_ratio"] == old["search_cost_ratio"]
+        assert new["search_seconds"] < 1e5 and new["search_seconds"] != old["search_seconds"]
+        assert new["search_cost_ratio"] == pytest.approx(new["search_seconds"] / new["dense_epoch_seconds"])
+        assert {k: v for k, v in new.items() if k not in TIMING} == {k: v for k, v in old.items() if k not in TIMING}
+    fresh = json.loads((stale / "metrics.json").read_text())
+    assert fresh["baseline_seconds"] == after["l1-uniform"]["search_seconds"]
+
+    # A run whose plan stage now gives another plan keeps its JSON untouched.
+    path = results / "l1-uniform_keep50_seed0.json"
+    path.write_text(json.dumps({**after["l1-uniform"], "params": after["l1-uniform"]["params"] + 1}))
+    kept = path.read_text()
+    with pytest.raises(SystemExit, match="another plan .*params"):
+        _run(tmp_path, suite, "--retime", "--methods", "l1-uniform")
+    assert path.read_text() == kept
