@@ -396,7 +396,7 @@ def _plot(records: list[dict], path: Path) -> None:
         ax.set_title(f"{teacher} at {first['target_flops_ratio']:.0%} of its FLOPs ({budgets[0]}): "
                      f"dense {first['dense_test_top1']:.2f}%", fontsize=10)  # fmt: skip
         ax.grid(alpha=0.3, axis="x")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: hides no point
     else:
         markers = "osD^v<>pP*XhH8d"
         fig, ax = plt.subplots(figsize=(10, 5.5), dpi=120)
