@@ -283,9 +283,9 @@ class Runner:
         differs = [k for k, v in again.items() if not math.isclose(v, record[k], rel_tol=0, abs_tol=0.011)]
         if differs:
             detail = ", ".join(f"{k} {again[k]} now vs {record[k]}" for k in differs)
-            raise SystemExit(f"error: {method} {label} seed {seed}: the plan stage run again gives another plan "
-                             f"({detail}), so its seconds would time a different run; {path} is left as it was. "
-                             "Delete that JSON and run the suite to replace the whole run")  # fmt: skip
+            raise PlanChanged(f"error: {method} {label} seed {seed}: the plan stage run again gives another plan "
+                              f"({detail}), so its seconds would time a different run; {path} is left as it was. "
+                              "Delete that JSON and run the suite to replace the whole run")  # fmt: skip
         seconds, dense_epoch = _plan_seconds(found), found["dense_epoch_seconds"]
         record["retimed"] = {
             "was": {k: record[k] for k in ("search_seconds", "dense_epoch_seconds", "search_cost_ratio")},
@@ -297,6 +297,10 @@ class Runner:
         print(f"{method} {label} seed {seed}: search cost {record['retimed']['was']['search_cost_ratio']:.3f} -> "
               f"{record['search_cost_ratio']:.3f} x a dense epoch ({seconds:.0f} s / {dense_epoch:.0f} s)")
         return record
+
+
+class PlanChanged(Exception):
+    """A finished run's plan stage, run again, gave another plan: its seconds cannot be swapped in."""
 
 
 def _plan_seconds(found: dict) -> float:
@@ -461,6 +465,7 @@ def main(argv: list[str] | None = None, suites: dict[str, Suite] | None = None) 
             methods = [m for m in methods if m not in skipped]
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(suite.seeds)
     results.mkdir(parents=True, exist_ok=True)
+    changed: list[str] = []  # --retime: the runs left alone because their plan came out different
     if not args.render:
         runner = Runner(suite, work, results)
         for label in labels:
@@ -470,11 +475,16 @@ def main(argv: list[str] | None = None, suites: dict[str, Suite] | None = None) 
                         runner.retime(label, seed, method) if args.retime else runner.run(label, seed, method)
                     except UserError as exc:
                         raise SystemExit(f"error: {method} {label} seed {seed}: {exc}") from None
+                    except PlanChanged as exc:  # the others can still be timed again
+                        print(exc, flush=True)
+                        changed.append(str(exc))
     records = [json.loads(f.read_text()) for f in sorted(results.glob("*_seed*.json"))]
     if not records:
         raise SystemExit(f"error: no results in {results}; run the suite first")
     md = render(records, results / "table.md", results / "accuracy_vs_flops.png")
     print(md)
+    if changed:
+        raise SystemExit("\n".join(changed))
     return records
 
 

@@ -129,10 +129,12 @@ def test_retime_measures_the_plan_stages_again_and_refuses_another_plan(tmp_path
     fresh = json.loads((stale / "metrics.json").read_text())
     assert fresh["baseline_seconds"] == after["l1-uniform"]["search_seconds"]
 
-    # A run whose plan stage now gives another plan keeps its JSON untouched.
+    # A run whose plan stage now gives another plan keeps its JSON untouched; the others are timed again.
     path = results / "l1-uniform_keep50_seed0.json"
     path.write_text(json.dumps({**after["l1-uniform"], "params": after["l1-uniform"]["params"] + 1}))
     kept = path.read_text()
-    with pytest.raises(SystemExit, match="another plan .*params"):
-        _run(tmp_path, suite, "--retime", "--methods", "l1-uniform")
+    with pytest.raises(SystemExit, match="l1-uniform keep50 seed 0: the plan stage run again gives another plan"):
+        _run(tmp_path, suite, "--retime", "--methods", "l1-uniform,ours-frozen")
     assert path.read_text() == kept
+    frozen = json.loads((results / "ours-frozen_keep50_seed0.json").read_text())
+    assert frozen["retimed"]["was"]["search_seconds"] == after["ours-frozen"]["search_seconds"]
