@@ -387,8 +387,8 @@ def _plot(records: list[dict], path: Path) -> None:
             ax.errorbar(means, range(len(order)), xerr=stds, marker=marker, color=colour, linestyle="none",
                         capsize=3, label=label)  # fmt: skip
             if row == "equal_total":
-                for y, (mean, _) in enumerate(zip(means, stds, strict=True)):
-                    ax.annotate(f"{mean:.2f}", (mean, y), textcoords="offset points", xytext=(6, -3), fontsize=8)
+                for y, (mean, std) in enumerate(zip(means, stds, strict=True)):  # right of the error bar
+                    ax.annotate(f"{mean:.2f}", (mean + std, y), textcoords="offset points", xytext=(6, -3), fontsize=8)
         ax.set_yticks(range(len(order)))
         ax.set_yticklabels([m + "".join(f" [{x}]" for x in by_method[m][0].get("search_sets", [])) for m in order])
         lo, hi = ax.get_xlim()
