@@ -139,8 +139,10 @@ class Runner:
                 _cli(["search", budget, "--out", str(folder), "--no-progress", *sets, *frozen, *resume])
             elif folder.name in PEERS:
                 self._peer(label, seed, folder)
-            else:
-                _cli(["baseline", budget, "--method", folder.name, "--out", str(folder), "--no-progress", *sets])
+            else:  # a baseline has no state to resume: --resume makes it again over what an interruption left
+                resume = ["--resume"] if folder.is_dir() and any(folder.iterdir()) else []
+                _cli(["baseline", budget, "--method", folder.name, "--out", str(folder), "--no-progress", *sets,
+                      *resume])  # fmt: skip
         return json.loads((folder / "metrics.json").read_text())
 
     def _budget(self, label: str, seed: int):

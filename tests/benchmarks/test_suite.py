@@ -80,6 +80,21 @@ def test_suite_runs_resumes_and_renders(tmp_path, toy_suite, capsys):
     assert len(_run(tmp_path, toy_suite, "--render")) == len(toy_suite.methods)
 
 
+def test_a_baseline_stage_killed_between_its_files_is_made_again(tmp_path, toy_suite):
+    # Killed after plan.json and pruned.pt, before metrics.json: the suite (which never passed --resume
+    # to a baseline) stopped at "--out ... is not empty" and resumed nothing after it.
+    suite = harness.Suite("toy", toy_suite.budgets, 1, methods=("l1-uniform",), finetune_args=("--max-steps", "2"),
+                          latency_repeats=2)  # fmt: skip
+    first = _run(tmp_path, suite)[0]
+    plan_dir = tmp_path / "work" / "keep50" / "seed0" / "plans" / "l1-uniform"
+    (plan_dir / "metrics.json").unlink()
+    (tmp_path / "results" / "l1-uniform_keep50_seed0.json").unlink()
+    assert {"plan.json", "pruned.pt"} <= {p.name for p in plan_dir.iterdir()}
+    again = _run(tmp_path, suite)[0]
+    assert (plan_dir / "metrics.json").is_file()
+    assert (again["flops"], again["params"]) == (first["flops"], first["params"])
+
+
 def test_suite_refuses_unknown_methods_and_budgets(tmp_path, toy_suite):
     with pytest.raises(SystemExit, match="unknown method 'l9-uniform'"):
         _run(tmp_path, toy_suite, "--methods", "ours,l9-uniform")
