@@ -383,20 +383,25 @@ def _plot(records: list[dict], path: Path) -> None:
 
         order = sorted(by_method, key=lambda m: stats(by_method[m], "equal_total")[0])
         fig, ax = plt.subplots(figsize=(9, 0.9 + 0.42 * len(order)), dpi=120)
-        for row, marker, colour, label in (("equal_finetune", "o", "tab:blue", "equal fine-tune epochs"),
-                                           ("equal_total", "s", "tab:red", "equal total epochs")):  # fmt: skip
-            means, stds = zip(*(stats(by_method[m], row) for m in order), strict=True)
-            ax.errorbar(means, range(len(order)), xerr=stds, marker=marker, color=colour, linestyle="none",
-                        capsize=3, label=label)  # fmt: skip
-            if row == "equal_total":
-                for y, (mean, std) in enumerate(zip(means, stds, strict=True)):  # right of the error bar
-                    ax.annotate(f"{mean:.2f}", (mean + std, y), textcoords="offset points", xytext=(6, -3), fontsize=8)
+        rows = {row: [stats(by_method[m], row) for m in order] for row in ("equal_finetune", "equal_total")}
+        for (row, dy), marker, colour, label in zip((("equal_finetune", 0.16), ("equal_total", -0.16)), "os",
+                                                    ("tab:blue", "tab:red"),
+                                                    ("equal fine-tune epochs", "equal total epochs"),
+                                                    strict=True):  # fmt: skip
+            means, stds = zip(*rows[row], strict=True)  # each row a little above or below: no marker hides another
+            ax.errorbar(means, [y + dy for y in range(len(order))], xerr=stds, marker=marker, color=colour,
+                        linestyle="none", capsize=3, label=label)  # fmt: skip
+            for y, (mean, _) in enumerate(rows[row]):  # right of both rows' error bars
+                right = max(m + e for m, e in (rows["equal_finetune"][y], rows["equal_total"][y]))
+                ax.annotate(f"{mean:.2f}", (right, y + dy), textcoords="offset points", xytext=(6, -3), fontsize=7,
+                            color=colour)  # fmt: skip
         ax.set_yticks(range(len(order)))
         ax.set_yticklabels([m + "".join(f" [{x}]" for x in by_method[m][0].get("search_sets", [])) for m in order])
         lo, hi = ax.get_xlim()
         if hi - lo < 2.0:  # at least 2 points wide: a gap of a few tenths must not fill the chart
             lo, hi = (lo + hi) / 2 - 1.0, (lo + hi) / 2 + 1.0
         ax.set_xlim(lo, hi + 0.06 * (hi - lo))  # room for the labels right of the rightmost markers
+        ax.set_ylim(-0.6, len(order) - 0.4)
         ax.set_xlabel("CIFAR-10 test top-1 (%)")
         first = records[0]
         ax.set_title(f"{teacher} at {first['target_flops_ratio']:.0%} of its FLOPs ({budgets[0]}): "
