@@ -384,10 +384,9 @@ def _plot(records: list[dict], path: Path) -> None:
         order = sorted(by_method, key=lambda m: stats(by_method[m], "equal_total")[0])
         fig, ax = plt.subplots(figsize=(9, 0.9 + 0.42 * len(order)), dpi=120)
         rows = {row: [stats(by_method[m], row) for m in order] for row in ("equal_finetune", "equal_total")}
-        for (row, dy), marker, colour, label in zip((("equal_finetune", 0.16), ("equal_total", -0.16)), "os",
-                                                    ("tab:blue", "tab:red"),
-                                                    ("equal fine-tune epochs", "equal total epochs"),
-                                                    strict=True):  # fmt: skip
+        styles = (("equal_finetune", 0.16, "o", "tab:blue", "equal fine-tune epochs"),
+                  ("equal_total", -0.16, "s", "tab:red", "equal total epochs"))  # fmt: skip
+        for row, dy, marker, colour, label in styles:
             means, stds = zip(*rows[row], strict=True)  # each row a little above or below: no marker hides another
             ax.errorbar(means, [y + dy for y in range(len(order))], xerr=stds, marker=marker, color=colour,
                         linestyle="none", capsize=3, label=label)  # fmt: skip
