@@ -319,6 +319,13 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f} (n={len(values)})"
 
 
+def _params(values: list[int]) -> str:
+    """One count where the seeds' plans agree (a baseline's do), else their mean and range (a search's)."""
+    if len(set(values)) == 1:
+        return f"{values[0]:,}"
+    return f"{statistics.mean(values):,.0f} ({min(values):,}-{max(values):,})"
+
+
 def render(records: list[dict], out_md: Path, out_png: Path | None) -> str:
     """A Markdown table per budget (methods by equal-total accuracy) and an accuracy-vs-FLOPs PNG."""
     text = []
@@ -338,7 +345,7 @@ def render(records: list[dict], out_md: Path, out_png: Path | None) -> str:
             name = m + (f" ({rs[0]['note']})" if rs[0].get("note") else "")
             name += "".join(f" [{x}]" for x in rs[0].get("search_sets", []))  # --set overrides of the plan stage
             rows.append([name, rs[0]["finetune"], f"{statistics.mean(x['flops_ratio'] for x in rs):.4f}",
-                         f"{min(x['flops_over_target'] for x in rs):.4f}", f"{rs[0]['params']:,}",
+                         f"{min(x['flops_over_target'] for x in rs):.4f}", _params([x["params"] for x in rs]),
                          f"{statistics.mean(x['search_cost_ratio'] for x in rs):.2f}",
                          _mean_std([x["test_top1_before_finetune"] for x in rs]),
                          _mean_std([x["rows"]["equal_finetune"]["test_top1"] for x in rs]),

@@ -153,3 +153,26 @@ def test_retime_measures_the_plan_stages_again_and_refuses_another_plan(tmp_path
     assert path.read_text() == kept
     frozen = json.loads((results / "ours-frozen_keep50_seed0.json").read_text())
     assert frozen["retimed"]["was"]["search_seconds"] == after["ours-frozen"]["search_seconds"]
+
+
+def _record(method: str, seed: int, params: int, before: float, equal_ft: float, equal_total: float) -> dict:
+    """A run's JSON as the harness writes it, with only what the renderer reads."""
+    rows = {"equal_finetune": {"test_top1": equal_ft, "total_weight_epochs": 5},
+            "equal_total": {"test_top1": equal_total, "total_weight_epochs": 7}}  # fmt: skip
+    return {"method": method, "budget": "keep30", "seed": seed, "teacher": "resnet56", "target_flops_ratio": 0.3,
+            "dense_test_top1": 93.39, "flops_ratio": 0.2985, "flops_over_target": 0.995, "params": params,
+            "search_cost_ratio": 2.0, "test_top1_before_finetune": before, "rows": rows, "finetune": "plain",
+            "latency_ms": {"1": {"dense": 8.0, "pruned": 6.0}, "128": {"dense": 100.0, "pruned": 60.0}}}  # fmt: skip
+
+
+def test_the_table_gives_mean_and_std_over_seeds_and_the_range_of_params_where_plans_differ(tmp_path):
+    records = [_record("ours", 0, 338_220, 79.98, 91.33, 91.33), _record("ours", 1, 330_000, 80.02, 91.13, 91.13),
+               _record("l1-uniform", 0, 254_430, 52.40, 90.90, 91.40)]  # fmt: skip
+    md = harness.render(records, tmp_path / "t.md", None)
+    lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in md.splitlines()
+             if line.startswith("| ") and "method" not in line}  # fmt: skip
+    assert list(lines) == ["l1-uniform", "ours"]  # sorted by the equal-total mean: 91.40 over 91.23
+    ours, l1 = lines["ours"], lines["l1-uniform"]
+    assert ours[3] == "334,110 (330,000-338,220)" and l1[3] == "254,430"  # one count where the plans agree
+    assert ours[5] == "80.00 +- 0.03 (n=2)" and ours[7] == "91.23 +- 0.14 (n=2)" and l1[7] == "91.40"
+    assert ours[9] == l1[9] == "0.60"  # latency ratio at the largest batch
