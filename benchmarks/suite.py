@@ -402,7 +402,8 @@ def _plot(records: list[dict], path: Path) -> None:
                 ax.annotate(f"{mean:.2f}", (right, y + dy), textcoords="offset points", xytext=(6, -3), fontsize=7,
                             color=colour)  # fmt: skip
         ax.set_yticks(range(len(order)))
-        ax.set_yticklabels([m + "".join(f" [{x}]" for x in by_method[m][0].get("search_sets", [])) for m in order])
+        ax.set_yticklabels([m + "".join(f" [{x}]" for x in by_method[m][0].get("search_sets", []))
+                            + (f" ({len(by_method[m])} seeds)" if len(by_method[m]) > 1 else "") for m in order])
         lo, hi = ax.get_xlim()
         if hi - lo < 2.0:  # at least 2 points wide: a gap of a few tenths must not fill the chart
             lo, hi = (lo + hi) / 2 - 1.0, (lo + hi) / 2 + 1.0
@@ -411,7 +412,7 @@ def _plot(records: list[dict], path: Path) -> None:
         ax.set_xlabel("CIFAR-10 test top-1 (%)")
         first = records[0]
         ax.set_title(f"{teacher} at {first['target_flops_ratio']:.0%} of its FLOPs ({budgets[0]}): "
-                     f"dense {first['dense_test_top1']:.2f}%", fontsize=10)  # fmt: skip
+                     f"dense {first['dense_test_top1']:.2f}%; bars: std over seeds", fontsize=10)  # fmt: skip
         ax.grid(alpha=0.3, axis="x")
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: hides no point
     else:
