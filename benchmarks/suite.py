@@ -224,8 +224,8 @@ class Runner:
         if path.is_file():
             return json.loads(path.read_text())
         found = self.make_plan(label, seed, method)
-        search = self.make_plan(label, seed, "ours") if method != "ours" else found
-        search_weight_epochs = search.get("weight_epochs", 0)
+        search_weight_epochs = self.search_weight_epochs(label, seed) if method != "ours" else found.get(
+            "weight_epochs", 0)
         own = found.get("weight_epochs", 0) if method in (*SEARCHES, "ours-vanilla-ft") else 0
         epochs = self.suite.finetune_epochs
         rows = {"equal_finetune": epochs, "equal_total": epochs + search_weight_epochs - own}
@@ -260,6 +260,14 @@ class Runner:
                 record["note"] = f"channel divisor {peer['channel_divisor']}"
         write_json(path, record)
         return record
+
+    def search_weight_epochs(self, label: str, seed: int) -> int:
+        """The weight epochs ours' search spent (the equal-total row's extra epochs): from ours' committed
+        JSON where it exists, so that a fresh clone does not search again only to count them."""
+        done = self.results / f"ours_{label}_seed{seed}.json"
+        if done.is_file():
+            return json.loads(done.read_text())["search_weight_epochs"]
+        return self.make_plan(label, seed, "ours").get("weight_epochs", 0)
 
     # -- timing again --------------------------------------------------------------------------
     def retime(self, label: str, seed: int, method: str) -> dict | None:

@@ -5,6 +5,7 @@ table and the PNG are rendered from the JSONs."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -176,3 +177,17 @@ def test_the_table_gives_mean_and_std_over_seeds_and_the_range_of_params_where_p
     assert ours[3] == "334,110 (330,000-338,220)" and l1[3] == "254,430"  # one count where the plans agree
     assert ours[5] == "80.00 +- 0.03 (n=2)" and ours[7] == "91.23 +- 0.14 (n=2)" and l1[7] == "91.40"
     assert ours[9] == l1[9] == "0.60"  # latency ratio at the largest batch
+
+
+def test_a_fresh_clone_takes_the_search_epochs_from_ours_json_and_does_not_search_again(tmp_path, toy_suite):
+    first = {r["method"]: r for r in _run(tmp_path, toy_suite, "--methods", "ours,l1-uniform")}
+    ours_plan = tmp_path / "work" / "keep50" / "seed0" / "plans" / "ours"
+    assert ours_plan.is_dir()
+    # A fresh clone: the committed JSONs, no run folders. l1-uniform's run is made again from scratch.
+    shutil.rmtree(tmp_path / "work")
+    (tmp_path / "results" / "l1-uniform_keep50_seed0.json").unlink()
+    again = {r["method"]: r for r in _run(tmp_path, toy_suite, "--methods", "l1-uniform")}
+    assert not ours_plan.exists()  # the search's weight epochs came from ours' JSON
+    assert again["l1-uniform"]["rows"]["equal_total"]["finetune_epochs"] == 2
+    assert again["l1-uniform"]["rows"]["equal_total"]["finetune_epochs"] == \
+        first["l1-uniform"]["rows"]["equal_total"]["finetune_epochs"]
