@@ -224,9 +224,9 @@ class Runner:
         if path.is_file():
             return json.loads(path.read_text())
         found = self.make_plan(label, seed, method)
-        search_weight_epochs = self.search_weight_epochs(label, seed) if method != "ours" else found.get(
-            "weight_epochs", 0)
-        own = found.get("weight_epochs", 0) if method in (*SEARCHES, "ours-vanilla-ft") else 0
+        found_epochs = found.get("weight_epochs", 0)
+        search_weight_epochs = found_epochs if method == "ours" else self.search_weight_epochs(label, seed)
+        own = found_epochs if method in (*SEARCHES, "ours-vanilla-ft") else 0
         epochs = self.suite.finetune_epochs
         rows = {"equal_finetune": epochs, "equal_total": epochs + search_weight_epochs - own}
         results = {}
