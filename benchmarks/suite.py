@@ -60,13 +60,14 @@ from dais_search.cost import interleaved_latency  # noqa: E402
 from dais_search.errors import UserError  # noqa: E402
 from dais_search.files import write_json  # noqa: E402
 from dais_search.pipeline.common import load_budget_inputs, load_dense  # noqa: E402
-from dais_search.report import format_table, library_versions  # noqa: E402
+from dais_search.report import format_table, library_versions, machine  # noqa: E402
 from dais_search.search import list_methods  # noqa: E402
 from dais_search.train import recalibrate_bn, time_train_steps  # noqa: E402
 
 DEEPER = {f"ours{f}-{g}s": g for f in ("", "-frozen") for g in ("block", "layer")}  # method -> the grain added
 SEARCHES = ("ours", "ours-frozen", *DEEPER)
-ABLATIONS = ("ours-vanilla-ft", "uniform-ours-ft")
+ABLATION_PARENTS = {"ours-vanilla-ft": "ours", "uniform-ours-ft": "l1-uniform"}  # each fine-tunes its parent's plan
+ABLATIONS = tuple(ABLATION_PARENTS)
 PEERS = ("tp-uniform", "tp-global", "modelopt-fastnas")
 PEER_PACKAGES = {"tp-uniform": "torch_pruning", "tp-global": "torch_pruning", "modelopt-fastnas": "modelopt"}
 
@@ -122,7 +123,7 @@ class Runner:
     # -- plan stages -------------------------------------------------------------------------
     def plan_dir(self, label: str, seed: int, method: str, stage: str = "plans") -> Path:
         """Where the plan of ``method`` lives; ablations share their parent's plan."""
-        source = {"ours-vanilla-ft": "ours", "uniform-ours-ft": "l1-uniform"}.get(method, method)
+        source = ABLATION_PARENTS.get(method, method)
         return self.work / label / f"seed{seed}" / stage / source
 
     def make_plan(self, label: str, seed: int, method: str, stage: str = "plans") -> dict:
@@ -251,7 +252,7 @@ class Runner:
             "search_cost_ratio": seconds / max(found["dense_epoch_seconds"], 1e-9),
             "search_weight_epochs": own, "latency_ms": self.latency(label, seed, method),
             "finetune": "LOP + SP-KD" if method in (*SEARCHES, "uniform-ours-ft") else "plain",
-            "versions": library_versions(), "command": shlex.join(["python", *sys.argv]),
+            "versions": library_versions(), "machine": machine(), "command": shlex.join(["python", *sys.argv]),
         }  # fmt: skip
         if method in PEERS:
             peer = found["peer"]
@@ -370,11 +371,29 @@ def render(records: list[dict], out_md: Path, out_png: Path | None) -> str:
         if depth:
             headers.insert(5, "removed blocks / layers (first seed)")
         text.append(format_table(rows, headers))
+        text.extend(_other_plans(records, label))
     md = "\n\n".join(text) + "\n"
     out_md.write_text(md)
     if out_png is not None:
         _plot(records, out_png)
     return md
+
+
+def _other_plans(records: list[dict], label: str) -> list[str]:
+    """A line for each ablation run whose plan is not its parent's run of the same seed. The ablation
+    fine-tunes its parent's plan; in a fresh clone that plan stage runs again, and a search repeats
+    exactly only on the same kind of CPU (float rounding differs), so the widths can differ."""
+    keys = ("flops", "params", "test_top1_before_finetune")
+    runs = {(r["method"], r["seed"]): r for r in records if r["budget"] == label}
+    lines = []
+    for (method, seed), r in sorted(runs.items()):
+        parent = runs.get((ABLATION_PARENTS.get(method, ""), seed))
+        if parent and not all(math.isclose(r[k], parent[k], rel_tol=0, abs_tol=0.011) for k in keys):
+            lines.append(f"Note: {method} seed {seed} fine-tuned another plan than {parent['method']} seed {seed}: the "
+                         "plan stage ran again (" + ", ".join(f"{k} {r[k]:,} vs {parent[k]:,}" for k in keys) +
+                         f"; CPUs: {r.get('machine', {}).get('cpu', 'not recorded')} vs "
+                         f"{parent.get('machine', {}).get('cpu', 'not recorded')}).")  # fmt: skip
+    return lines
 
 
 def _plot(records: list[dict], path: Path) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy
 import torch
@@ -11,7 +14,7 @@ import torchvision
 
 from ._version import __version__
 
-__all__ = ["format_table", "human", "library_versions"]
+__all__ = ["format_table", "human", "library_versions", "machine"]
 
 
 def human(n: float) -> str:
@@ -65,3 +68,14 @@ def library_versions() -> dict[str, str]:
         "numpy": numpy.__version__,
         "python": sys.version.split()[0],
     }
+
+
+def machine() -> dict[str, object]:
+    """The CPU a measurement ran on, recorded beside it: timings, and even a search's outcome (float
+    rounding differs between CPU kinds), compare only within one machine."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}

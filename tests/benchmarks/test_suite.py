@@ -20,7 +20,7 @@ from dais_search import create_model, save_checkpoint  # noqa: E402
 
 FIELDS = {"method", "teacher", "dense_test_top1", "target_flops_ratio", "flops_ratio", "flops_over_target", "params",
           "test_top1_before_finetune", "rows", "search_seconds", "dense_epoch_seconds", "search_cost_ratio",
-          "latency_ms", "versions", "command"}  # fmt: skip
+          "latency_ms", "versions", "machine", "command"}  # fmt: skip
 TIMING = {"search_seconds", "dense_epoch_seconds", "search_cost_ratio", "retimed"}
 
 
@@ -54,6 +54,7 @@ def test_suite_runs_resumes_and_renders(tmp_path, toy_suite, capsys):
         assert FIELDS <= set(r), FIELDS - set(r)
         assert 0.99 <= r["flops_over_target"] <= 1.0
         assert set(r["latency_ms"]) == {"1", "16"} and r["latency_ms"]["1"]["dense"] > 0
+        assert r["machine"]["cpu"] and r["machine"]["torch_threads"] == torch.get_num_threads()  # what timed it
     # The search trained the weights for one epoch: a method that did not gets it as an extra fine-tune epoch.
     ours, l1 = records["ours"]["rows"], records["l1-uniform"]["rows"]
     assert ours["equal_finetune"]["finetune_epochs"] == ours["equal_total"]["finetune_epochs"] == 1
@@ -156,13 +157,15 @@ def test_retime_measures_the_plan_stages_again_and_refuses_another_plan(tmp_path
     assert frozen["retimed"]["was"]["search_seconds"] == after["ours-frozen"]["search_seconds"]
 
 
-def _record(method: str, seed: int, params: int, before: float, equal_ft: float, equal_total: float) -> dict:
+def _record(method: str, seed: int, params: int, before: float, equal_ft: float, equal_total: float,
+            flops: int = 74_761_472) -> dict:
     """A run's JSON as the harness writes it, with only what the renderer reads."""
     rows = {"equal_finetune": {"test_top1": equal_ft, "total_weight_epochs": 5},
             "equal_total": {"test_top1": equal_total, "total_weight_epochs": 7}}  # fmt: skip
     return {"method": method, "budget": "keep30", "seed": seed, "teacher": "resnet56", "target_flops_ratio": 0.3,
-            "dense_test_top1": 93.39, "flops_ratio": 0.2985, "flops_over_target": 0.995, "params": params,
-            "search_cost_ratio": 2.0, "test_top1_before_finetune": before, "rows": rows, "finetune": "plain",
+            "dense_test_top1": 93.39, "flops": flops, "flops_ratio": 0.2985, "flops_over_target": 0.995,
+            "params": params, "search_cost_ratio": 2.0, "test_top1_before_finetune": before, "rows": rows,
+            "finetune": "plain",
             "latency_ms": {"1": {"dense": 8.0, "pruned": 6.0}, "128": {"dense": 100.0, "pruned": 60.0}}}  # fmt: skip
 
 
@@ -177,6 +180,20 @@ def test_the_table_gives_mean_and_std_over_seeds_and_the_range_of_params_where_p
     assert ours[3] == "334,110 (330,000-338,220)" and l1[3] == "254,430"  # one count where the plans agree
     assert ours[5] == "80.00 +- 0.03 (n=2)" and ours[7] == "91.23 +- 0.14 (n=2)" and l1[7] == "91.40"
     assert ours[9] == l1[9] == "0.60"  # latency ratio at the largest batch
+
+
+def test_the_table_says_when_an_ablation_fine_tuned_another_plan_than_its_parents_run(tmp_path):
+    ours = [_record("ours", 0, 338_220, 79.98, 91.33, 91.33), _record("ours", 1, 330_000, 80.02, 91.13, 91.13)]
+    same = _record("ours-vanilla-ft", 0, 338_220, 79.98, 90.5, 90.5)  # a plan stage that repeated exactly
+    other = _record("ours-vanilla-ft", 1, 355_384, 81.20, 90.6, 90.6, flops=75_240_704)  # one that did not
+    other["machine"] = {"cpu": "CPU B"}
+    md = harness.render([*ours, same, other], tmp_path / "t.md", None)
+    notes = [line for line in md.splitlines() if line.startswith("Note:")]
+    assert len(notes) == 1 and "ours-vanilla-ft seed 1" in notes[0] and "ours seed 1" in notes[0]
+    assert "params 355,384 vs 330,000" in notes[0] and "CPU B vs not recorded" in notes[0]
+    # no parent run of that seed (a baseline alone, or the parent not run yet): nothing to compare
+    md = harness.render([ours[0], _record("ours-vanilla-ft", 1, 1, 1.0, 1.0, 1.0)], tmp_path / "t.md", None)
+    assert "Note:" not in md
 
 
 def test_a_fresh_clone_takes_the_search_epochs_from_ours_json_and_does_not_search_again(tmp_path, toy_suite):
