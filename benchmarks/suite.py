@@ -291,7 +291,7 @@ class Runner:
         found = self.make_plan(label, seed, method, "retime")
         again = {"flops": found["flops"], "params": found["params"], "test_top1_before_finetune":
                  found["pruned_test_top1"]}  # fmt: skip
-        differs = [k for k, v in again.items() if not math.isclose(v, record[k], rel_tol=0, abs_tol=0.011)]
+        differs = _plan_differences(again, record)
         if differs:
             detail = ", ".join(f"{k} {again[k]} now vs {record[k]}" for k in differs)
             raise PlanChanged(f"error: {method} {label} seed {seed}: the plan stage run again gives another plan "
@@ -379,18 +379,25 @@ def render(records: list[dict], out_md: Path, out_png: Path | None) -> str:
     return md
 
 
+PLAN_KEYS = ("flops", "params", "test_top1_before_finetune")  # what tells two runs' plans apart
+
+
+def _plan_differences(a: dict, b: dict) -> list[str]:
+    """The plan fields where two runs differ (top-1 to the 0.01 it is rounded to)."""
+    return [k for k in PLAN_KEYS if not math.isclose(a[k], b[k], rel_tol=0, abs_tol=0.011)]
+
+
 def _other_plans(records: list[dict], label: str) -> list[str]:
     """A line for each ablation run whose plan is not its parent's run of the same seed. The ablation
     fine-tunes its parent's plan; in a fresh clone that plan stage runs again, and a search repeats
     exactly only on the same kind of CPU (float rounding differs), so the widths can differ."""
-    keys = ("flops", "params", "test_top1_before_finetune")
     runs = {(r["method"], r["seed"]): r for r in records if r["budget"] == label}
     lines = []
     for (method, seed), r in sorted(runs.items()):
         parent = runs.get((ABLATION_PARENTS.get(method, ""), seed))
-        if parent and not all(math.isclose(r[k], parent[k], rel_tol=0, abs_tol=0.011) for k in keys):
+        if parent and _plan_differences(r, parent):
             lines.append(f"Note: {method} seed {seed} fine-tuned another plan than {parent['method']} seed {seed}: the "
-                         "plan stage ran again (" + ", ".join(f"{k} {r[k]:,} vs {parent[k]:,}" for k in keys) +
+                         "plan stage ran again (" + ", ".join(f"{k} {r[k]:,} vs {parent[k]:,}" for k in PLAN_KEYS) +
                          f"; CPUs: {r.get('machine', {}).get('cpu', 'not recorded')} vs "
                          f"{parent.get('machine', {}).get('cpu', 'not recorded')}).")  # fmt: skip
     return lines
